@@ -1,0 +1,52 @@
+"""Fashion-MNIST with a small CNN: the quickstart experiment.
+
+Command (the README's quickstart):
+
+    python -m experiments.train --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist
+
+Expected result: TBD measured.
+Smoke test (under a minute): `--config=configs/fashion_mnist.py:smoke`.
+"""
+
+import os
+import sys
+
+from vision import config as config_lib
+
+
+def get_config(arg: str | None = None):
+  arg = config_lib.parse_arg(arg, smoke=False)
+  config = config_lib.defaults()
+  if os.path.isdir(config_lib.DEBIAN_FASHION_MNIST):
+    config.data.source = f"idx:{config_lib.DEBIAN_FASHION_MNIST}"
+    config.data.class_names = config_lib.FASHION_MNIST_CLASSES
+  else:
+    print(f"{config_lib.DEBIAN_FASHION_MNIST} not found (Debian package dataset-fashion-mnist); "
+          "using TFDS fashion_mnist instead, which downloads it when online", file=sys.stderr)
+    config.data.source = "tfds:fashion_mnist"
+  config.data.mean = (0.286,)
+  config.data.std = (0.353,)
+  config.data.crop_padding = 0
+  config.data.flip = True
+
+  config.model.name = "small_cnn"
+  config.model.widths = (24, 48, 96)
+  config.model.dropout = 0.1
+
+  config.train.batch_size = 128
+  config.train.epochs = 10
+  config.train.label_smoothing = 0.1
+  config.train.log_every_steps = 100
+
+  config.optim.name = "sgd"
+  config.optim.learning_rate = 0.1
+  config.optim.weight_decay = 5e-4
+  config.optim.schedule = "cosine"
+  config.optim.warmup_epochs = 0.5
+
+  if arg.smoke:
+    config.data.max_train_examples = 2048
+    config.data.max_eval_examples = 512
+    config.train.epochs = 2
+    config.train.log_every_steps = 8
+  return config

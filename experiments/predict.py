@@ -1,0 +1,38 @@
+"""Prints the top-5 classes of image files, one JSON line per image.
+
+    python -m experiments.predict --workdir=runs/fashion_mnist shoe.png bag.jpg
+
+Each line is {"file": ..., "top": [{"label", "index", "prob"}, ...]}; an
+unreadable file gets {"file": ..., "error": ...} and the command exits with
+status 1 after predicting the others.
+"""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+
+from experiments import common
+from vision.evaluate.predict import predict_files
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A model directory (experiments.train output).")
+_TOP = flags.DEFINE_integer("top", 5, "How many classes to print per image.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv: list[str]) -> None:
+  paths = argv[1:]
+  if not paths:
+    raise app.UsageError("give one or more image files after the flags")
+  failed = 0
+  for result in predict_files(_WORKDIR.value, paths, k=_TOP.value):
+    failed += "error" in result
+    print(json.dumps(result), flush=True)
+  if failed:
+    print(f"error: {failed} of {len(paths)} images could not be read", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  common.run(main)

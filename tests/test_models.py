@@ -1,0 +1,64 @@
+"""The model registry, and the architectures against their PyTorch twins."""
+
+from __future__ import annotations
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import pytest
+import torch
+
+from vision.config import ConfigError
+from vision.models import ModelOptions, create_model
+from vision.torch_reference import count_parameters, make_torch_model
+
+
+def _count(model: nnx.Module) -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize("name, image_size, channels", [
+    ("small_cnn", 28, 1), ("resnet18", 32, 3), ("resnet18", 224, 3), ("resnet34", 32, 1),
+    ("resnet50", 64, 3),
+])
+def test_same_parameter_count_as_the_pytorch_twin(name, image_size, channels):
+  options = ModelOptions(num_classes=10, in_channels=channels, image_size=image_size)
+  model = create_model(name, options, rngs=nnx.Rngs(0))
+  twin = make_torch_model(name, 10, channels, image_size)
+  assert _count(model) == count_parameters(twin)
+
+
+def test_torchvision_resnet50_imagenet_size():
+  # The ImageNet stem and 1000 classes: exactly torchvision's 25,557,032 parameters.
+  model = create_model("resnet50", ModelOptions(num_classes=1000), rngs=nnx.Rngs(0))
+  assert _count(model) == 25_557_032
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+def test_forward_shapes_and_bf16_compute(name):
+  options = ModelOptions(num_classes=7, in_channels=1, image_size=28, dtype="bfloat16")
+  model = create_model(name, options, rngs=nnx.Rngs(0))
+  logits = model(jnp.ones((2, 28, 28, 1)))
+  assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+  params = jax.tree.leaves(nnx.state(model, nnx.Param))
+  assert all(p.dtype == jnp.float32 for p in params)
+
+
+def test_small_stem_is_chosen_below_64_pixels():
+  small = create_model("resnet18", ModelOptions(10, 3, 32), rngs=nnx.Rngs(0))
+  large = create_model("resnet18", ModelOptions(10, 3, 224), rngs=nnx.Rngs(0))
+  assert small.conv1.kernel_size == (3, 3) and large.conv1.kernel_size == (7, 7)
+  forced = create_model("resnet18", ModelOptions(10, 3, 32, stem="imagenet"), rngs=nnx.Rngs(0))
+  assert forced.conv1.kernel_size == (7, 7)
+
+
+def test_unknown_model_names_the_key():
+  with pytest.raises(ConfigError, match="'model.name' is 'vgg'"):
+    create_model("vgg", ModelOptions(10), rngs=nnx.Rngs(0))
+
+
+def test_torch_twin_trains():
+  twin = make_torch_model("small_cnn", 10, 1, 28)
+  loss = torch.nn.functional.cross_entropy(twin(torch.randn(4, 1, 28, 28)), torch.arange(4))
+  loss.backward()
+  assert all(p.grad is not None for p in twin.parameters())

@@ -1,0 +1,181 @@
+"""Orbax checkpoints of a run, and the model directory every tool reads.
+
+    checkpoints = Checkpoints(workdir, keep=2, best_metric="val/accuracy")
+    checkpoints.save(step, state, data_iterator, metrics={"val/accuracy": 0.91})
+    state = checkpoints.restore(checkpoints.latest_step(), state, data_iterator)
+
+    model, card = load_model(workdir)          # evaluate / predict / export
+
+A workdir is a model directory: `model_card.json` (architecture, classes,
+input spec, preprocessing) plus `checkpoints/<step>/` with three items: `model`
+(parameters and BatchNorm statistics), `optimizer` and `data` (the grain
+iterator position, one file per process). Orbax keeps the latest
+`keep` checkpoints and, beside them, the best one by the validation metric.
+Saves are atomic (a temporary directory renamed when complete), so a run
+killed at any moment resumes from its last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any
+
+from flax import nnx
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from vision.models import ModelOptions, create_model
+from vision.train.step import TrainState
+
+MODEL_CARD = "model_card.json"
+CHECKPOINTS = "checkpoints"
+
+
+def _without_rng(state: nnx.State) -> dict:
+  # RNG keys are re-derived from (seed, step) each step, so they are not saved.
+  return nnx.to_pure_dict(nnx.filter_state(state, nnx.Not(nnx.RngState)))
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      tree)
+
+
+class Checkpoints:
+  """The run's CheckpointManager: latest `keep` checkpoints plus the best one."""
+
+  def __init__(self, workdir: str | os.PathLike, *, keep: int = 2,
+               best_metric: str = "val/accuracy", read_only: bool = False):
+    self.best_metric = best_metric
+    self.higher_is_better = higher_is_better = (
+        "loss" not in best_metric and "error" not in best_metric)
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(keep),
+        ocp.checkpoint_managers.BestN(
+            get_metric_fn=lambda metrics: metrics[best_metric], reverse=not higher_is_better,
+            n=1, keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, enable_async_checkpointing=False,
+        cleanup_tmp_directories=True, read_only=read_only, create=not read_only)
+    self.manager = ocp.CheckpointManager(
+        pathlib.Path(workdir).absolute() / CHECKPOINTS, options=options,
+        item_names=("model", "optimizer", "data"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The step with the best `best_metric`, or None when no save recorded it."""
+    scored = []
+    for step in self.manager.all_steps():
+      metrics = self.manager.metrics(step) or {}
+      if self.best_metric in metrics:
+        scored.append((metrics[self.best_metric], step))
+    if not scored:
+      return None
+    return (max if self.higher_is_better else min)(scored)[1]
+
+  def save(self, step: int, state: TrainState, data_iterator: grain.DatasetIterator,
+           metrics: dict[str, float] | None = None) -> None:
+    if step in self.manager.all_steps():
+      return
+    kept_metrics = {self.best_metric: metrics[self.best_metric]} if (
+        metrics and self.best_metric in metrics) else None
+    self.manager.save(step, metrics=kept_metrics, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(_without_rng(state.model)),
+        optimizer=ocp.args.StandardSave(nnx.to_pure_dict(state.optimizer)),
+        data=grain.checkpoint.CheckpointSave(data_iterator)))
+
+  def restore(self, step: int, like: TrainState,
+              data_iterator: grain.DatasetIterator) -> TrainState:
+    """`like` with the values saved at `step`; also moves `data_iterator` there."""
+    model_target = _abstract(_without_rng(like.model))
+    optimizer_target = _abstract(nnx.to_pure_dict(like.optimizer))
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore(model_target),
+        optimizer=ocp.args.StandardRestore(optimizer_target),
+        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    model_state = jax.tree.map(lambda x: x, like.model)
+    nnx.replace_by_pure_dict(model_state, restored["model"])
+    optimizer_state = jax.tree.map(lambda x: x, like.optimizer)
+    nnx.replace_by_pure_dict(optimizer_state, restored["optimizer"])
+    return TrainState(model_state, optimizer_state)
+
+  def restore_model(self, step: int, model: nnx.Module) -> None:
+    """Loads the parameters saved at `step` into `model` (in place)."""
+    target = _abstract(_without_rng(nnx.state(model)))
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))
+    state = nnx.state(model)
+    nnx.replace_by_pure_dict(state, restored["model"])
+    nnx.update(model, state)
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+# -------------------------------------------------------------- model directory
+
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+  """What a model directory says about its model: enough to rebuild and feed it."""
+  arch: str
+  num_classes: int
+  class_names: tuple[str, ...]
+  image_size: int
+  channels: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  model_options: dict
+  # The validation metric that ranks this directory's checkpoints.
+  best_metric: str = "val/accuracy"
+
+  def options(self) -> ModelOptions:
+    return ModelOptions(**{**self.model_options, "num_classes": self.num_classes,
+                           "in_channels": self.channels, "image_size": self.image_size})
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2)
+
+  @classmethod
+  def read(cls, workdir: str | os.PathLike) -> "ModelCard":
+    path = pathlib.Path(workdir) / MODEL_CARD
+    if not path.exists():
+      raise FileNotFoundError(
+          f"{path} does not exist: --workdir must be a directory written by "
+          "experiments.train (or experiments.import_weights)")
+    fields = json.loads(path.read_text())
+    for key in ("class_names", "mean", "std"):
+      fields[key] = tuple(fields[key])
+    fields["model_options"]["widths"] = tuple(fields["model_options"].get("widths", ()))
+    return cls(**fields)
+
+  def write(self, workdir: str | os.PathLike) -> None:
+    path = pathlib.Path(workdir) / MODEL_CARD
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(self.to_json())
+    os.replace(temporary, path)
+
+
+def load_model(workdir: str | os.PathLike, *, which: str = "best") -> tuple[nnx.Module, ModelCard]:
+  """The model of a model directory (eval mode) and its card.
+
+  `which='best'` takes the best checkpoint by the validation metric when the
+  run recorded one, else the latest.
+  """
+  card = ModelCard.read(workdir)
+  model = create_model(card.arch, card.options(), rngs=nnx.Rngs(0))
+  checkpoints = Checkpoints(workdir, best_metric=card.best_metric, read_only=True)
+  step = (checkpoints.best_step() if which == "best" else None) or checkpoints.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"{pathlib.Path(workdir) / CHECKPOINTS} holds no checkpoint")
+  checkpoints.restore_model(step, model)
+  checkpoints.close()
+  model.eval()
+  return model, card

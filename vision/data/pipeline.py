@@ -1,0 +1,232 @@
+"""The grain input pipeline: shuffle, shard per process, preprocess, batch, normalise.
+
+    loader = train_loader(records, config.data, batch_size=128 // jax.process_count(), seed=0)
+    iterator = iter(loader)                      # state checkpointed with the train state
+    batch = next(iterator)                       # {'image': float32 [B,H,W,C], 'label': int32 [B]}
+
+Training uses a grain `IndexSampler`: a seeded global shuffle that changes every
+epoch, each process reading only its shard (`ShardByJaxProcess`), optional
+worker processes. Evaluation reads every example once in order and pads the
+last batch, marking padding with `mask == 0`, so the batch shape (and the
+compiled step) never changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterator
+
+from absl import flags
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from vision.config import ConfigError
+from vision.data.sources import RecordSource, SubsetSource, vectorised_reader
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+  """The images the model sees: size, channels and normalisation."""
+  size: int
+  channels: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+
+
+def image_spec(data_config, sample_image: np.ndarray) -> ImageSpec:
+  """The spec from `config.data`, filling unset size/channels from a sample image."""
+  height, width, channels = sample_image.shape
+  if data_config.image_size is None and height != width:
+    raise ConfigError(
+        f"images are {height}x{width}; set config key 'data.image_size' to train on square inputs")
+  channels = data_config.channels or channels
+  mean, std = tuple(data_config.mean), tuple(data_config.std)
+  if len(mean) == 1:
+    mean, std = mean * channels, std * channels
+  if len(mean) != channels:
+    raise ConfigError(
+        f"config keys 'data.mean'/'data.std' have {len(mean)} values for {channels}-channel images")
+  return ImageSpec(data_config.image_size or height, channels, mean, std)
+
+
+def _match_channels(image: np.ndarray, channels: int) -> np.ndarray:
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == channels:
+    return image
+  if channels == 3 and image.shape[-1] == 1:
+    return np.repeat(image, 3, axis=-1)
+  if channels == 1:
+    # ITU-R 601 luma, the same weights PIL's convert('L') uses.
+    grey = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.round(grey).astype(np.uint8)[..., None]
+  raise ValueError(f"cannot convert {image.shape[-1]}-channel images to {channels} channels")
+
+
+def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """Resizes the shorter side to `size` (bilinear), then crops the centre square."""
+  height, width = image.shape[:2]
+  if (height, width) == (size, size):
+    return image
+  scale = size / min(height, width)
+  new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  resized = np.asarray(pil.resize((new_w, new_h), Image.BILINEAR))
+  if resized.ndim == 2:
+    resized = resized[..., None]
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  return resized[top:top + size, left:left + size]
+
+
+def prepare_image(image: np.ndarray, spec: ImageSpec) -> np.ndarray:
+  """A decoded uint8 image → the model's channels and size."""
+  return resize_and_center_crop(_match_channels(np.asarray(image), spec.channels), spec.size)
+
+
+def read_batch(records: RecordSource, indices: np.ndarray,
+               spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+  """uint8 images [B, H, W, C] of the model's size and int32 labels for `indices`."""
+  reader = vectorised_reader(records)
+  if reader is not None:
+    images, labels = reader(indices)
+    if images.shape[1:] == (spec.size, spec.size, spec.channels):
+      return images, labels.astype(np.int32)
+  else:
+    rows = [records[int(i)] for i in indices]
+    images, labels = [r["image"] for r in rows], np.asarray([r["label"] for r in rows])
+  prepared = [prepare_image(image, spec) for image in images]
+  if not prepared:
+    return np.zeros((0, spec.size, spec.size, spec.channels), np.uint8), np.zeros((0,), np.int32)
+  return np.stack(prepared), labels.astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadBatch(grain.transforms.Map):
+  """A batch of record indices → {'image': uint8 [B,H,W,C], 'label': int32 [B]}."""
+  records: RecordSource
+  spec: ImageSpec
+
+  def map(self, indices: np.ndarray) -> dict:
+    images, labels = read_batch(self.records, indices, self.spec)
+    return {"image": images, "label": labels}
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment(grain.transforms.RandomMap):
+  """Pad-and-random-crop and horizontal flip of a whole batch; grain seeds `rng` per batch."""
+  crop_padding: int
+  flip: bool
+
+  def random_map(self, batch: dict, rng: np.random.Generator) -> dict:
+    images = batch["image"]
+    count, height, width = images.shape[:3]
+    if self.crop_padding:
+      pad = self.crop_padding
+      padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+      windows = np.lib.stride_tricks.sliding_window_view(padded, (height, width), axis=(1, 2))
+      top, left = rng.integers(0, 2 * pad + 1, size=(2, count))
+      # windows: [B, dy, dx, C, H, W] → one window per image, back to HWC.
+      images = windows[np.arange(count), top, left].transpose(0, 2, 3, 1)
+    if self.flip:
+      flipped = rng.random(count) < 0.5
+      images = np.where(flipped[:, None, None, None], images[:, :, ::-1], images)
+    return {**batch, "image": np.ascontiguousarray(images)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalise(grain.transforms.Map):
+  """uint8 batch → float32 `(x / 255 - mean) / std`, vectorised over the batch."""
+  spec: ImageSpec
+
+  def map(self, batch: dict) -> dict:
+    mean = np.asarray(self.spec.mean, np.float32)
+    std = np.asarray(self.spec.std, np.float32)
+    image = (batch["image"].astype(np.float32) / 255.0 - mean) / std
+    return {**batch, "image": image}
+
+
+def index_batches(num_records: int, batch_size: int, *, seed: int | None, epochs: int | None,
+                  drop_remainder: bool) -> grain.MapDataset:
+  """Batches of this process's record indices; shuffled per epoch when `seed` is set.
+
+  Grain works on indices, not records: per-element overhead stays off the hot
+  path, and a checkpoint of the iterator is a few integers.
+  """
+  indices = grain.MapDataset.range(num_records)[jax.process_index()::jax.process_count()]
+  if seed is not None:
+    indices = indices.shuffle(seed=seed)
+  return indices.repeat(epochs).batch(batch_size, drop_remainder=drop_remainder)
+
+
+def _iterate(dataset: grain.MapDataset, worker_count: int) -> grain.DatasetIterator:
+  iterable = dataset.to_iter_dataset()
+  if worker_count:
+    # grain's worker processes read absl flags; outside an absl app they are unparsed.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return iter(iterable)
+
+
+def train_iterator(records: RecordSource, data_config, spec: ImageSpec, *,
+                   batch_size: int, seed: int) -> grain.DatasetIterator:
+  """Endless shuffled batches of this process's `batch_size` examples; checkpointable."""
+  if len(records) < batch_size * jax.process_count():
+    raise ConfigError(
+        f"the training split has {len(records)} examples, fewer than one batch "
+        f"(config key 'train.batch_size'={batch_size * jax.process_count()})")
+  dataset = index_batches(len(records), batch_size, seed=seed, epochs=None, drop_remainder=True)
+  dataset = dataset.map(LoadBatch(records, spec))
+  if data_config.crop_padding or data_config.flip:
+    dataset = dataset.random_map(Augment(data_config.crop_padding, data_config.flip), seed=seed)
+  return _iterate(dataset.map(Normalise(spec)), data_config.worker_count)
+
+
+def eval_batches(records: RecordSource, spec: ImageSpec, *, batch_size: int,
+                 worker_count: int = 0) -> Iterator[dict]:
+  """Every example of this process's shard once, in order, in padded batches.
+
+  Each process yields the same number of batches (`num_eval_batches`) so that
+  multi-host evaluation steps stay in lockstep.
+  """
+  dataset = index_batches(len(records), batch_size, seed=None, epochs=1, drop_remainder=False)
+  produced = 0
+  for batch in _iterate(dataset.map(LoadBatch(records, spec)).map(Normalise(spec)), worker_count):
+    yield pad_batch(batch, batch_size)
+    produced += 1
+  empty = {"image": np.zeros((0, spec.size, spec.size, spec.channels), np.float32),
+           "label": np.zeros((0,), np.int32)}
+  for _ in range(num_eval_batches(len(records), batch_size) - produced):
+    yield pad_batch(empty, batch_size)
+
+
+def num_eval_batches(num_records: int, batch_size: int) -> int:
+  per_process = math.ceil(num_records / jax.process_count())
+  return math.ceil(per_process / batch_size)
+
+
+def pad_batch(batch: dict, batch_size: int) -> dict:
+  """Pads to `batch_size` rows and adds `mask` (1 for real rows, 0 for padding)."""
+  count = len(batch["label"])
+  padding = batch_size - count
+
+  def pad(array: np.ndarray) -> np.ndarray:
+    return np.concatenate([array, np.zeros((padding, *array.shape[1:]), array.dtype)])
+
+  return {"image": pad(batch["image"]), "label": pad(batch["label"].astype(np.int32)),
+          "mask": pad(np.ones((count,), np.float32))}
+
+
+def steps_per_epoch(num_records: int, global_batch_size: int) -> int:
+  return max(1, num_records // global_batch_size)
+
+
+def limit_examples(records: RecordSource, limit: int | None) -> RecordSource:
+  """A fixed random `limit` of the records (for smoke runs), or all of them."""
+  if limit is None or limit >= len(records):
+    return records
+  chosen = np.random.default_rng(0).choice(len(records), size=limit, replace=False)
+  return SubsetSource(records, np.sort(chosen))

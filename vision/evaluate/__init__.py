@@ -1,0 +1,1 @@
+"""Evaluation utilities: classification reports, metrics and plots."""

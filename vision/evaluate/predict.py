@@ -1,0 +1,64 @@
+"""Top-k predictions for image files from a model directory.
+
+    for line in predict_files("runs/fashion_mnist", ["shoe.png", "bag.jpg"]):
+      print(line)   # {"file": "shoe.png", "top": [{"label": "Sneaker", "index": 7, "prob": 0.93}, ...]}
+
+Images get the preprocessing the model was trained with (channels, size,
+normalisation, from the model card). A file that cannot be read gives
+`{"file": ..., "error": ...}` and the others are still predicted.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+from flax import nnx
+import jax
+import numpy as np
+from PIL import Image
+
+from vision.checkpoint import load_model
+from vision.data import pipeline
+from vision.evaluate.evaluate import card_spec
+
+_CHUNK = 32
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+  """An image file as uint8 HWC RGB; raises OSError (PIL's) when unreadable."""
+  with Image.open(path) as image:
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def top_k(probs: np.ndarray, class_names: Sequence[str], k: int = 5) -> list[dict]:
+  order = np.argsort(-probs, kind="stable")[:k]
+  return [{"label": class_names[i], "index": int(i), "prob": float(probs[i])} for i in order]
+
+
+def predict_files(workdir: str | os.PathLike, paths: Sequence[str], *,
+                  k: int = 5, which: str = "best") -> Iterator[dict]:
+  """One result per path, in order."""
+  model, card = load_model(workdir, which=which)
+  spec = card_spec(card)
+  normalise = pipeline.Normalise(spec)
+  graphdef, state = nnx.split(model)
+  predict = jax.jit(lambda state, images: jax.nn.softmax(nnx.merge(graphdef, state)(images)))
+  for start in range(0, len(paths), _CHUNK):
+    chunk = paths[start:start + _CHUNK]
+    images, errors = [], {}
+    for path in chunk:
+      try:
+        images.append(pipeline.prepare_image(read_image(path), spec))
+      except (OSError, ValueError) as error:
+        errors[path] = f"cannot read image: {error}"
+    probs = []
+    if images:
+      batch = pipeline.pad_batch({"image": np.stack(images),
+                                  "label": np.zeros(len(images), np.int32)}, _CHUNK)
+      probs = list(np.asarray(predict(state, normalise.map(batch)["image"]))[:len(images)])
+    for path in chunk:
+      if path in errors:
+        yield {"file": path, "error": errors[path]}
+      else:
+        yield {"file": path, "top": top_k(probs.pop(0), card.class_names, min(k, card.num_classes))}

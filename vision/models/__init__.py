@@ -1,0 +1,51 @@
+"""The model registry: every architecture is created by name from the config.
+
+    model = create_model("resnet18", ModelOptions(num_classes=10, in_channels=1, image_size=28),
+                         rngs=nnx.Rngs(0))
+    logits = model(images)            # images: float [B, H, W, C]
+
+A model file registers its builders in `MODELS` (a plain dict, name → builder);
+`create_model` is the only way the rest of the framework makes a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from flax import nnx
+import jax.numpy as jnp
+
+from vision.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+  """What a builder may use; each family reads the fields that concern it."""
+  num_classes: int
+  in_channels: int = 3
+  image_size: int = 224
+  dtype: str = "float32"
+  dropout: float = 0.0
+  widths: tuple[int, ...] = (32, 64)
+  hidden: int = 128
+  stem: str = "auto"
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+
+Builder = Callable[[ModelOptions, nnx.Rngs], nnx.Module]
+MODELS: dict[str, Builder] = {}
+
+
+def create_model(name: str, options: ModelOptions, *, rngs: nnx.Rngs) -> nnx.Module:
+  if name not in MODELS:
+    raise ConfigError(
+        f"config key 'model.name' is {name!r}; known models: {', '.join(sorted(MODELS))}")
+  return MODELS[name](options, rngs)
+
+
+# Importing the families fills MODELS.
+from vision.models import resnet, small_cnn  # noqa: E402,F401  pylint: disable=wrong-import-position

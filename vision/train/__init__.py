@@ -1,0 +1,1 @@
+"""Training: optimisers and schedules, losses, the pure steps and the loop."""

@@ -1,0 +1,100 @@
+"""The pure train and eval steps, compiled by `jax.jit` with explicit shardings.
+
+    steps = Steps.create(model, optimizer, mesh, label_smoothing=0.1)
+    state = steps.state                                 # replicated pytree
+    state, metrics = steps.train(state, batch, rng)     # batch sharded over 'data'
+    probs = steps.predict(state, batch)
+
+`TrainState` is a plain pytree of nnx states (model and optimizer); the
+graph definitions stay static inside the compiled functions. The training
+state is donated, so each step reuses its buffers. A step whose loss or
+gradients are not finite leaves the state unchanged and reports
+`nonfinite == 1`, so the loop can stop with the last good parameters intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import optax
+
+from vision import parallel
+from vision.train import losses
+
+
+class TrainState(NamedTuple):
+  model: nnx.State
+  optimizer: nnx.State
+
+
+def _train_step(model_def, optimizer_def, label_smoothing: float, state: TrainState,
+                batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
+  model = nnx.merge(model_def, state.model)
+  optimizer = nnx.merge(optimizer_def, state.optimizer)
+  # The dropout key is a function of (seed, step): resumption needs no RNG state.
+  nnx.reseed(model, default=jax.random.fold_in(rng, optimizer.step[...]))
+
+  def loss_fn(model):
+    logits = model(batch["image"])
+    loss = losses.cross_entropy(logits, batch["label"], label_smoothing=label_smoothing)
+    return loss, logits
+
+  (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  grad_norm = optax.tree.norm(grads)
+  optimizer.update(model, grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  new_state = TrainState(nnx.state(model), nnx.state(optimizer))
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  metrics = {
+      "train/loss": loss,
+      "train/accuracy": (logits.argmax(-1) == batch["label"]).mean(),
+      "train/grad_norm": grad_norm,
+      "nonfinite": 1 - finite.astype(jnp.int32),
+  }
+  return new_state, metrics
+
+
+def _predict(model_def, state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
+  model = nnx.merge(model_def, state.model)
+  return jax.nn.softmax(model(batch["image"]).astype(jnp.float32))
+
+
+@dataclasses.dataclass
+class Steps:
+  """The compiled steps for one model/optimizer pair on one mesh."""
+  state: TrainState
+  train: Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]
+  predict: Callable[[TrainState, dict], jax.Array]
+  model_def: Any
+  optimizer_def: Any
+
+  @classmethod
+  def create(cls, model: nnx.Module, optimizer: nnx.Optimizer, mesh: jax.sharding.Mesh, *,
+             label_smoothing: float = 0.0) -> "Steps":
+    model.train()
+    train_def, model_state = nnx.split(model)
+    model.eval()
+    eval_def, _ = nnx.split(model)
+    model.train()
+    optimizer_def, optimizer_state = nnx.split(optimizer)
+    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    state = parallel.replicate(TrainState(model_state, optimizer_state), mesh)
+    train = jax.jit(
+        lambda state, batch, rng: _train_step(
+            train_def, optimizer_def, label_smoothing, state, batch, rng),
+        in_shardings=(replicated, sharded, replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0)
+    predict = jax.jit(lambda state, batch: _predict(eval_def, state, batch),
+                      in_shardings=(replicated, sharded), out_shardings=sharded)
+    return cls(state, train, predict, train_def, optimizer_def)
+
+  def model(self, state: TrainState) -> nnx.Module:
+    """The model (eval mode) holding `state`'s parameters, e.g. to save or export."""
+    model = nnx.merge(self.model_def, state.model)
+    model.eval()
+    return model
