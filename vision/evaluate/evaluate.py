@@ -24,6 +24,7 @@ from vision.data import open_from_config
 from vision.data.pipeline import ImageSpec, limit_examples
 from vision.evaluate import report as report_lib
 from vision.evaluate.inference import predict_split
+from vision.models import probabilities
 
 EVAL_DIR = "eval"
 
@@ -66,7 +67,7 @@ def compiled_predict(model: nnx.Module, mesh: jax.sharding.Mesh):
 
   @jax.jit
   def predict(state, batch):
-    return jax.nn.softmax(nnx.merge(graphdef, state)(batch["image"]).astype(np.float32))
+    return probabilities(nnx.merge(graphdef, state), batch["image"])
 
   return lambda batch: predict(state, batch)
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import os
 from typing import Iterator, Sequence
 
-from flax import nnx
-import jax
 import numpy as np
 from PIL import Image
 
+from vision import parallel
 from vision.checkpoint import load_model
 from vision.data import pipeline
-from vision.evaluate.evaluate import card_spec
+from vision.evaluate.evaluate import card_spec, compiled_predict
 
 _CHUNK = 32
 
@@ -42,8 +41,7 @@ def predict_files(workdir: str | os.PathLike, paths: Sequence[str], *,
   model, card = load_model(workdir, which=which)
   spec = card_spec(card)
   normalise = pipeline.Normalise(spec)
-  graphdef, state = nnx.split(model)
-  predict = jax.jit(lambda state, images: jax.nn.softmax(nnx.merge(graphdef, state)(images)))
+  predict = compiled_predict(model, parallel.make_mesh())
   for start in range(0, len(paths), _CHUNK):
     chunk = paths[start:start + _CHUNK]
     images, errors = [], {}
@@ -56,7 +54,7 @@ def predict_files(workdir: str | os.PathLike, paths: Sequence[str], *,
     if images:
       batch = pipeline.pad_batch({"image": np.stack(images),
                                   "label": np.zeros(len(images), np.int32)}, _CHUNK)
-      probs = list(np.asarray(predict(state, normalise.map(batch)["image"]))[:len(images)])
+      probs = list(np.asarray(predict(normalise.map(batch)))[:len(images)])
     for path in chunk:
       if path in errors:
         yield {"file": path, "error": errors[path]}

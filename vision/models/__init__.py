@@ -14,6 +14,7 @@ import dataclasses
 from typing import Callable
 
 from flax import nnx
+import jax
 import jax.numpy as jnp
 
 from vision.config import ConfigError
@@ -38,6 +39,11 @@ class ModelOptions:
 
 Builder = Callable[[ModelOptions, nnx.Rngs], nnx.Module]
 MODELS: dict[str, Builder] = {}
+
+
+def probabilities(model: nnx.Module, images: jax.Array) -> jax.Array:
+  """Class probabilities (float32) for a batch of images."""
+  return jax.nn.softmax(model(images).astype(jnp.float32))
 
 
 def create_model(name: str, options: ModelOptions, *, rngs: nnx.Rngs) -> nnx.Module:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from vision import parallel
+from vision.models import probabilities
 from vision.train import losses
 
 
@@ -59,8 +60,7 @@ def _train_step(model_def, optimizer_def, label_smoothing: float, state: TrainSt
 
 
 def _predict(model_def, state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
-  model = nnx.merge(model_def, state.model)
-  return jax.nn.softmax(model(batch["image"]).astype(jnp.float32))
+  return probabilities(nnx.merge(model_def, state.model), batch["image"])
 
 
 @dataclasses.dataclass
