@@ -114,11 +114,17 @@ def test_folder_source_trains_in_process(tmp_path, folder_dir):
   assert card["channels"] == 3 and card["image_size"] == 16 and card["num_classes"] == 4
 
 
-def test_tfds_source_trains_through_mock_data(tmp_path):
+def test_tfds_source_trains_through_mock_data_in_bfloat16(tmp_path):
   with tfds.testing.mock_data(num_examples=256):
     config = tiny_config("tfds:fashion_mnist", steps=6)
+    config.model.dtype = "bfloat16"
     report = loop.train(config, tmp_path / "run")
   assert report["class_names"][9] == "Ankle boot" and report["num_examples"] == 256
+  metrics = read_metrics(tmp_path / "run")
+  assert all(np.isfinite(m["train/loss"]) for m in metrics)
+  kernels = [v for k, v in saved_arrays(tmp_path / "run", 6).items()
+             if k.startswith("model/") and k.endswith("kernel/")]
+  assert len(kernels) >= 4 and all(v.dtype == np.float32 for v in kernels)  # fp32 parameters
 
 
 def test_one_and_eight_devices_give_the_same_losses(tmp_path, idx_dir):

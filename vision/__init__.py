@@ -1,0 +1,11 @@
+"""vision: image-recognition experiments in JAX, Flax NNX, grain, Orbax and W&B.
+
+    from vision import config as config_lib
+    from vision.train import loop
+
+    config = config_lib.defaults()            # every key, with its default
+    config.model.name = "resnet18"
+    report = loop.train(config, "runs/my_run") # resumable; returns the test report
+
+The command-line entry points live in `experiments/` (`python -m experiments.train`).
+"""
