@@ -7,7 +7,6 @@
 Re-running the same command continues from the last checkpoint in --workdir.
 """
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 

@@ -28,6 +28,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from vision.files import write_text_atomically
 from vision.models import ModelOptions, create_model
 from vision.train.step import TrainState
 
@@ -157,10 +158,7 @@ class ModelCard:
     return cls(**fields)
 
   def write(self, workdir: str | os.PathLike) -> None:
-    path = pathlib.Path(workdir) / MODEL_CARD
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(self.to_json())
-    os.replace(temporary, path)
+    write_text_atomically(pathlib.Path(workdir) / MODEL_CARD, self.to_json())
 
 
 def load_model(workdir: str | os.PathLike, *, which: str = "best") -> tuple[nnx.Module, ModelCard]:

@@ -23,6 +23,8 @@ from typing import Any, Iterable
 import jax
 import ml_collections
 
+from vision.files import write_text_atomically
+
 # The embedded default dataset: Debian's `dataset-fashion-mnist` package.
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
@@ -291,9 +293,7 @@ def save_resolved(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
   if path.exists():
     old = _flatten(json.loads(path.read_text()))
     changed = sorted(k for k, v in _flatten(new).items() if old.get(k, v) != v)
-  temporary = path.with_suffix(".tmp")
-  temporary.write_text(json.dumps(new, indent=2, default=list))
-  os.replace(temporary, path)
+  write_text_atomically(path, json.dumps(new, indent=2, default=list))
   return changed
 
 

@@ -42,12 +42,13 @@ import os
 import pathlib
 import secrets
 import string
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
+
+from vision.files import write_text_atomically
 
 if TYPE_CHECKING:  # wandb is imported lazily: it is slow and often unused.
   import wandb.sdk.wandb_run
@@ -131,19 +132,6 @@ def wandb_mode(requested: str | None = None) -> str:
 # --- W&B run -----------------------------------------------------------------
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-
-
 def _run_id(workdir: pathlib.Path) -> str:
   """The run id persisted in ``workdir``, created on first use."""
   path = workdir / RUN_ID_FILE
@@ -151,7 +139,7 @@ def _run_id(workdir: pathlib.Path) -> str:
     return run_id
   # Same shape as wandb's own ids: 8 characters of [0-9a-z].
   run_id = "".join(secrets.choice(string.digits + string.ascii_lowercase) for _ in range(8))
-  _write_atomic(path, run_id + "\n")
+  write_text_atomically(path, run_id + "\n")
   return run_id
 
 
@@ -321,7 +309,7 @@ def _trim_jsonl(path: pathlib.Path, resume_step: int | None) -> int:
     lines = f.readlines()
   kept = [line for line in lines if _keep_line(line, resume_step)]
   if len(kept) != len(lines):
-    _write_atomic(path, "".join(kept))
+    write_text_atomically(path, "".join(kept))
   return len(lines) - len(kept)
 
 

@@ -110,6 +110,12 @@ def vectorised_reader(records: RecordSource):
   return getattr(records, "read_arrays", None)
 
 
+def read_image(path: str | os.PathLike) -> np.ndarray:
+  """An image file as uint8 HWC RGB; raises OSError (PIL's) when unreadable."""
+  with Image.open(path) as image:
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
 class ImageFileSource:
   """Image files decoded on access (inside grain workers when there are any)."""
 
@@ -122,9 +128,7 @@ class ImageFileSource:
   def __getitem__(self, index: int) -> dict:
     path = self._paths[index]
     try:
-      with Image.open(path) as image:
-        image = image.convert("RGB")
-        return {"image": np.asarray(image, dtype=np.uint8), "label": int(self._labels[index])}
+      return {"image": read_image(path), "label": int(self._labels[index])}
     except OSError as error:
       raise SourceError(f"cannot read image {path}: {error}") from None
 

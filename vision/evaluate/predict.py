@@ -14,20 +14,14 @@ import os
 from typing import Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
 from vision import parallel
 from vision.checkpoint import load_model
 from vision.data import pipeline
+from vision.data.sources import read_image
 from vision.evaluate.evaluate import card_spec, compiled_predict
 
 _CHUNK = 32
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-  """An image file as uint8 HWC RGB; raises OSError (PIL's) when unreadable."""
-  with Image.open(path) as image:
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def top_k(probs: np.ndarray, class_names: Sequence[str], k: int = 5) -> list[dict]:

@@ -23,14 +23,15 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn import metrics
+
+from vision.files import write_atomically
 
 # -log(0) is infinite; clipping keeps the loss finite and JSON-serialisable.
 _PROB_FLOOR = 1e-12
@@ -235,22 +236,6 @@ def plot_confusion_matrix(
   fig.savefig(os.fspath(path), format="png")
 
 
-def _write_atomically(
-    path: pathlib.Path, write: Callable[[pathlib.Path], None]
-) -> None:
-  """Calls `write(tmp)` on a sibling temp file, then renames it onto `path`."""
-  # Same directory so os.replace is an atomic rename, never a copy.
-  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-  try:
-    write(tmp)
-    with open(tmp, "rb") as f:
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
-
-
 def write_report(
     report: dict[str, Any], out_dir: str | os.PathLike
 ) -> dict[str, pathlib.Path]:
@@ -269,14 +254,14 @@ def write_report(
 
   title = (f"accuracy {report['accuracy']:.2%}"
            f" (n={report['num_examples']})")
-  _write_atomically(
+  write_atomically(
       png_path,
       lambda tmp: plot_confusion_matrix(
           report["confusion_matrix"], report["class_names"], tmp, title),
   )
   # allow_nan=False: NaN/inf are not valid JSON and would break readers.
   text = json.dumps(report, indent=2, allow_nan=False) + "\n"
-  _write_atomically(json_path, lambda tmp: tmp.write_text(text))
+  write_atomically(json_path, lambda tmp: tmp.write_text(text))
   return {"json": json_path, "confusion_matrix": png_path}
 
 
