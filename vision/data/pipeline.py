@@ -161,8 +161,13 @@ def index_batches(num_records: int, batch_size: int, *, seed: int | None, epochs
   return indices.repeat(epochs).batch(batch_size, drop_remainder=drop_remainder)
 
 
+# One background thread a few batches ahead: grain's default (16 threads, 500
+# elements) front-loads hundreds of batches and competes with XLA for the cores.
+_READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
+
+
 def _iterate(dataset: grain.MapDataset, worker_count: int) -> grain.DatasetIterator:
-  iterable = dataset.to_iter_dataset()
+  iterable = dataset.to_iter_dataset(read_options=_READ_OPTIONS)
   if worker_count:
     # grain's worker processes read absl flags; outside an absl app they are unparsed.
     if not flags.FLAGS.is_parsed():

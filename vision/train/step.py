@@ -15,7 +15,7 @@ gradients are not finite leaves the state unchanged and reports
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 from flax import nnx
 import jax
@@ -69,8 +69,6 @@ class Steps:
   state: TrainState
   train: Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]
   predict: Callable[[TrainState, dict], jax.Array]
-  model_def: Any
-  optimizer_def: Any
 
   @classmethod
   def create(cls, model: nnx.Module, optimizer: nnx.Optimizer, mesh: jax.sharding.Mesh, *,
@@ -91,10 +89,4 @@ class Steps:
         donate_argnums=0)
     predict = jax.jit(lambda state, batch: _predict(eval_def, state, batch),
                       in_shardings=(replicated, sharded), out_shardings=sharded)
-    return cls(state, train, predict, train_def, optimizer_def)
-
-  def model(self, state: TrainState) -> nnx.Module:
-    """The model (eval mode) holding `state`'s parameters, e.g. to save or export."""
-    model = nnx.merge(self.model_def, state.model)
-    model.eval()
-    return model
+    return cls(state, train, predict)
