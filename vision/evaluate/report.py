@@ -31,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn import metrics
 
-from vision.files import write_atomically
+from vision.files import write_atomically, write_text_atomically
 
 # -log(0) is infinite; clipping keeps the loss finite and JSON-serialisable.
 _PROB_FLOOR = 1e-12
@@ -261,7 +261,7 @@ def write_report(
   )
   # allow_nan=False: NaN/inf are not valid JSON and would break readers.
   text = json.dumps(report, indent=2, allow_nan=False) + "\n"
-  write_atomically(json_path, lambda tmp: tmp.write_text(text))
+  write_text_atomically(json_path, text)
   return {"json": json_path, "confusion_matrix": png_path}
 
 
