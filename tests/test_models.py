@@ -62,3 +62,25 @@ def test_torch_twin_trains():
   loss = torch.nn.functional.cross_entropy(twin(torch.randn(4, 1, 28, 28)), torch.arange(4))
   loss.backward()
   assert all(p.grad is not None for p in twin.parameters())
+
+
+def _parameter_paths(model: nnx.Module) -> list[str]:
+  return [".".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "resnet50"])
+def test_every_model_has_head_features_and_layer_groups(name):
+  # The contract of vision.models that transfer learning relies on.
+  model = create_model(name, ModelOptions(num_classes=5, in_channels=3, image_size=32),
+                       rngs=nnx.Rngs(0))
+  model.eval()
+  images = jnp.ones((2, 32, 32, 3))
+  features = model.features(images)
+  assert features.ndim == 2 and features.shape[1] == model.head.in_features
+  assert jnp.allclose(model.head(features), model(images), atol=1e-5)
+  groups = model.layer_groups()
+  assert groups[-1] == ("head",)
+  for path in _parameter_paths(model):
+    owners = [prefix for group in groups for prefix in group
+              if path == prefix or path.startswith(prefix + ".")]
+    assert len(owners) == 1, (path, owners)

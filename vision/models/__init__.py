@@ -6,6 +6,15 @@
 
 A model file registers its builders in `MODELS` (a plain dict, name → builder);
 `create_model` is the only way the rest of the framework makes a model.
+
+Every model has the same three entry points, which transfer learning,
+feature caching and weight import rely on:
+  * `model.head` — the final classifier (an `nnx.Linear`), replaced when the
+    number of classes changes;
+  * `model.features(images)` — pooled features before the classifier, [B, D];
+  * `model.layer_groups()` — the parameters in depth order, input first: a
+    list of groups, each a tuple of dotted attribute paths ("blocks.3"),
+    the last group being `("head",)`. Every parameter lies in exactly one group.
 """
 
 from __future__ import annotations

@@ -19,14 +19,15 @@ import jax
 import jax.numpy as jnp
 
 from vision.models import MODELS, ModelOptions
+from vision.models.layers import Conv
 
 _kernel_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def conv(in_features: int, out_features: int, kernel: int, stride: int = 1, *, dtype,
-         rngs: nnx.Rngs) -> nnx.Conv:
+         rngs: nnx.Rngs) -> Conv:
   pad = kernel // 2
-  return nnx.Conv(in_features, out_features, (kernel, kernel), (stride, stride),
+  return Conv(in_features, out_features, (kernel, kernel), (stride, stride),
                   padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
                   kernel_init=_kernel_init, rngs=rngs)
 
@@ -107,8 +108,17 @@ class ResNet(nnx.Module):
         blocks.append(block(in_features, features, stride, dtype=dtype, rngs=rngs))
         in_features = features * block.expansion
     self.blocks = nnx.List(blocks)
+    self.stage_sizes = tuple(stage_sizes)
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
-    self.fc = nnx.Linear(in_features, num_classes, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(in_features, num_classes, dtype=dtype, rngs=rngs)
+
+  def layer_groups(self) -> list[tuple[str, ...]]:
+    """The stem, each stage, then the head (see `vision.models`)."""
+    groups, start = [("conv1", "bn1")], 0
+    for size in self.stage_sizes:
+      groups.append(tuple(f"blocks.{i}" for i in range(start, start + size)))
+      start += size
+    return groups + [("head",)]
 
   def features(self, x: jax.Array) -> jax.Array:
     """Pooled features before the classifier, [B, D]."""
@@ -120,7 +130,7 @@ class ResNet(nnx.Module):
     return x.mean(axis=(1, 2))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.fc(self.dropout(self.features(x))).astype(jnp.float32)
+    return self.head(self.dropout(self.features(x))).astype(jnp.float32)
 
 
 _VARIANTS = {

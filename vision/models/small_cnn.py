@@ -18,12 +18,13 @@ import jax
 import jax.numpy as jnp
 
 from vision.models import MODELS, ModelOptions
+from vision.models.layers import Conv
 
 
 class ConvBNReLU(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(in_features, out_features, (3, 3), padding=((1, 1), (1, 1)),
+    self.conv = Conv(in_features, out_features, (3, 3), padding=((1, 1), (1, 1)),
                          use_bias=False, dtype=dtype, rngs=rngs)
     self.norm = nnx.BatchNorm(out_features, momentum=0.9, dtype=dtype, rngs=rngs)
 
@@ -50,12 +51,19 @@ class SmallCNN(nnx.Module):
     self.hidden = nnx.Linear(features * side * side, hidden, dtype=dtype, rngs=rngs)
     self.head = nnx.Linear(hidden, num_classes, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def layer_groups(self) -> list[tuple[str, ...]]:
+    """Each conv stage, the hidden layer, then the head (see `vision.models`)."""
+    return [(f"stages.{i}",) for i in range(len(self.stages))] + [("hidden",), ("head",)]
+
+  def features(self, x: jax.Array) -> jax.Array:
+    """The hidden layer's activations, [B, hidden]."""
     for stage in self.stages:
       x = nnx.max_pool(stage(x), (2, 2), (2, 2))
     x = self.dropout(x.reshape(x.shape[0], -1))
-    x = self.dropout(nnx.relu(self.hidden(x)))
-    return self.head(x).astype(jnp.float32)
+    return nnx.relu(self.hidden(x))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.head(self.dropout(self.features(x))).astype(jnp.float32)
 
 
 def _build(options: ModelOptions, rngs: nnx.Rngs) -> SmallCNN:
