@@ -80,6 +80,8 @@ def defaults() -> ml_collections.ConfigDict:
   # Compute dtype; parameters stay float32.
   c.model.dtype = "float32"
   c.model.dropout = 0.0
+  # Stochastic depth (drop path) rate for the families that use it.
+  c.model.drop_path = 0.0
   # The small CNN: one conv stage per width, then a hidden layer of `hidden` units.
   c.model.widths = (32, 64)
   c.model.hidden = 128

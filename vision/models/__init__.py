@@ -37,6 +37,7 @@ class ModelOptions:
   image_size: int = 224
   dtype: str = "float32"
   dropout: float = 0.0
+  drop_path: float = 0.0
   widths: tuple[int, ...] = (32, 64)
   hidden: int = 128
   stem: str = "auto"

@@ -86,7 +86,7 @@ def build_model(config: ml_collections.ConfigDict, dataset: Dataset,
       str(i) for i in range(len(dataset.class_names), num_classes))
   options = ModelOptions(
       num_classes=num_classes, in_channels=spec.channels, image_size=spec.size,
-      dtype=config.model.dtype, dropout=config.model.dropout,
+      dtype=config.model.dtype, dropout=config.model.dropout, drop_path=config.model.drop_path,
       widths=tuple(config.model.widths), hidden=config.model.hidden, stem=config.model.stem)
   model = create_model(config.model.name, options, rngs=nnx.Rngs(config.seed))
   model_options = {k: v for k, v in dataclasses.asdict(options).items()
