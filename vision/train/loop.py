@@ -36,7 +36,7 @@ from vision.data.sources import Dataset, RecordSource
 from vision.evaluate import evaluate as evaluate_lib
 from vision.evaluate.inference import predict_split
 from vision.models import ModelOptions, create_model
-from vision.train import optim
+from vision.train import losses, optim
 from vision.train.progress import Progress
 from vision.train.step import Steps, TrainState
 
@@ -141,7 +141,8 @@ def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
                                     steps_per_epoch=schedule.steps_per_epoch)
   optimizer = nnx.Optimizer(model, optim.make_optimizer(config.optim, lr_schedule), wrt=nnx.Param)
   mesh = parallel.make_mesh()
-  steps = Steps.create(model, optimizer, mesh, label_smoothing=config.train.label_smoothing)
+  steps = Steps.create(model, optimizer, mesh,
+                       loss=losses.classification_loss(config.train.label_smoothing))
   train_iter = pipeline.train_iterator(
       train_records, config.data, spec,
       batch_size=config.train.batch_size // jax.process_count(), seed=config.seed)

@@ -1,13 +1,23 @@
 """Classification losses on float32 logits.
 
     loss = cross_entropy(logits, labels, label_smoothing=0.1)   # mean over the batch
+    loss_fn = classification_loss(label_smoothing=0.1)         # LossFn for the train step
+    value = loss_fn(logits, {"image": images, "label": labels})
+
+A `LossFn` maps (logits, batch) to the scalar the train step minimises; the
+batch is the sharded dict the step received (after any batch transform), so
+a loss may read extra keys such as soft targets or a teacher's logits.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
+
+LossFn = Callable[[jax.Array, dict[str, jax.Array]], jax.Array]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,
@@ -20,3 +30,10 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: floa
   if weights is None:
     return per_example.mean()
   return (per_example * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def classification_loss(label_smoothing: float = 0.0) -> LossFn:
+  """Cross-entropy against `batch['label']`, the default objective."""
+  def loss(logits: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+    return cross_entropy(logits, batch["label"], label_smoothing=label_smoothing)
+  return loss

@@ -1,9 +1,13 @@
 """The pure train and eval steps, compiled by `jax.jit` with explicit shardings.
 
-    steps = Steps.create(model, optimizer, mesh, label_smoothing=0.1)
+    steps = Steps.create(model, optimizer, mesh, loss=losses.classification_loss(0.1))
     state = steps.state                                 # replicated pytree
     state, metrics = steps.train(state, batch, rng)     # batch sharded over 'data'
     probs = steps.predict(state, batch)
+
+The objective is pluggable: `loss(logits, batch)` returns the scalar to
+minimise, and an optional `batch_transform(batch, rng)` rewrites the sharded
+batch on device before the forward pass (mixup, a teacher's predictions, ...).
 
 `TrainState` is a plain pytree of nnx states (model and optimizer); the
 graph definitions stay static inside the compiled functions. The training
@@ -15,7 +19,7 @@ gradients are not finite leaves the state unchanged and reports
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 from flax import nnx
 import jax
@@ -32,26 +36,33 @@ class TrainState(NamedTuple):
   optimizer: nnx.State
 
 
-def _train_step(model_def, optimizer_def, label_smoothing: float, state: TrainState,
-                batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict]:
+Batch = dict[str, jax.Array]
+BatchTransform = Callable[[Batch, jax.Array], Batch]
+
+
+def _train_step(model_def, optimizer_def, loss: losses.LossFn,
+                batch_transform: Optional[BatchTransform], state: TrainState, batch: Batch,
+                rng: jax.Array) -> tuple[TrainState, dict]:
   model = nnx.merge(model_def, state.model)
   optimizer = nnx.merge(optimizer_def, state.optimizer)
-  # The dropout key is a function of (seed, step): resumption needs no RNG state.
-  nnx.reseed(model, default=jax.random.fold_in(rng, optimizer.step[...]))
+  # Dropout and batch-transform keys are functions of (seed, step): resumption needs no RNG state.
+  step_rng = jax.random.fold_in(rng, optimizer.step[...])
+  nnx.reseed(model, default=step_rng)
+  if batch_transform is not None:
+    batch = batch_transform(batch, jax.random.fold_in(step_rng, 1))
 
   def loss_fn(model):
     logits = model(batch["image"])
-    loss = losses.cross_entropy(logits, batch["label"], label_smoothing=label_smoothing)
-    return loss, logits
+    return loss(logits, batch), logits
 
-  (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  (loss_value, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   grad_norm = optax.tree.norm(grads)
   optimizer.update(model, grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  finite = jnp.isfinite(loss_value) & jnp.isfinite(grad_norm)
   new_state = TrainState(nnx.state(model), nnx.state(optimizer))
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   metrics = {
-      "train/loss": loss,
+      "train/loss": loss_value,
       "train/accuracy": (logits.argmax(-1) == batch["label"]).mean(),
       "train/grad_norm": grad_norm,
       "nonfinite": 1 - finite.astype(jnp.int32),
@@ -72,7 +83,8 @@ class Steps:
 
   @classmethod
   def create(cls, model: nnx.Module, optimizer: nnx.Optimizer, mesh: jax.sharding.Mesh, *,
-             label_smoothing: float = 0.0) -> "Steps":
+             loss: losses.LossFn = losses.classification_loss(),
+             batch_transform: Optional[BatchTransform] = None) -> "Steps":
     model.train()
     train_def, model_state = nnx.split(model)
     model.eval()
@@ -83,7 +95,7 @@ class Steps:
     state = parallel.replicate(TrainState(model_state, optimizer_state), mesh)
     train = jax.jit(
         lambda state, batch, rng: _train_step(
-            train_def, optimizer_def, label_smoothing, state, batch, rng),
+            train_def, optimizer_def, loss, batch_transform, state, batch, rng),
         in_shardings=(replicated, sharded, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0)
