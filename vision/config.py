@@ -43,7 +43,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  # `idx:PATH`, `folder:PATH` or `tfds:NAME`; see vision/data/sources.py.
+  # `idx:PATH`, `folder:PATH`, `tfds:NAME` or `prepared:DIR` (experiments.prepare);
+  # see vision/data/sources.py.
   c.data.source = f"idx:{DEBIAN_FASHION_MNIST}"
   c.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)
   c.data.train_split = "train"
@@ -263,15 +264,20 @@ def _check_environment(c: ml_collections.ConfigDict) -> None:
 
 def _check_source_exists(source: str) -> None:
   kind, sep, location = source.partition(":")
-  if not sep or kind not in ("idx", "folder", "tfds"):
+  if not sep or kind not in ("idx", "folder", "tfds", "prepared"):
     raise ConfigError(
-        f"config key 'data.source' is {source!r}; expected 'idx:PATH', 'folder:PATH' or 'tfds:NAME'")
-  if kind in ("idx", "folder") and not os.path.isdir(location):
+        f"config key 'data.source' is {source!r}; expected 'idx:PATH', 'folder:PATH', "
+        "'tfds:NAME' or 'prepared:DIR'")
+  if kind in ("idx", "folder", "prepared") and not os.path.isdir(location):
     hint = ""
     if location == DEBIAN_FASHION_MNIST:
       hint = (" (install Debian's dataset-fashion-mnist, or use "
               "--config.data.source=tfds:fashion_mnist)")
     raise ConfigError(f"config key 'data.source': directory {location!r} does not exist{hint}")
+  if kind == "prepared" and not os.path.isfile(os.path.join(location, "metadata.json")):
+    raise ConfigError(
+        f"config key 'data.source': {location!r} is not a prepared dataset (no metadata.json); "
+        "make it with python -m experiments.prepare --source=... --out=DIR")
 
 
 RESOLVED_CONFIG = "config.json"

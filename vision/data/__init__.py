@@ -1,4 +1,4 @@
-"""Data: sources (idx:, folder:, tfds:) and the grain pipeline.
+"""Data: sources (idx:, folder:, tfds:, prepared:) and the grain pipeline.
 
     dataset, spec = open_from_config(config.data)
     dataset.class_names, len(dataset.split("train")), spec.size
@@ -14,4 +14,4 @@ def open_from_config(data_config) -> tuple[Dataset, ImageSpec]:
   """The dataset named by `config.data.source` and the image spec the model will see."""
   dataset = open_dataset(data_config.source, split_options(data_config))
   sample = dataset.split(data_config.train_split)[0]["image"]
-  return dataset, image_spec(data_config, sample)
+  return dataset, image_spec(data_config, sample, default_size=dataset.image_size)

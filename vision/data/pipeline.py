@@ -36,10 +36,11 @@ class ImageSpec:
   std: tuple[float, ...]
 
 
-def image_spec(data_config, sample_image: np.ndarray) -> ImageSpec:
-  """The spec from `config.data`, filling unset size/channels from a sample image."""
+def image_spec(data_config, sample_image: np.ndarray,
+               default_size: int | None = None) -> ImageSpec:
+  """The spec from `config.data`, filling unset size/channels from the source or a sample image."""
   height, width, channels = sample_image.shape
-  if data_config.image_size is None and height != width:
+  if data_config.image_size is None and default_size is None and height != width:
     raise ConfigError(
         f"images are {height}x{width}; set config key 'data.image_size' to train on square inputs")
   channels = data_config.channels or channels
@@ -49,7 +50,7 @@ def image_spec(data_config, sample_image: np.ndarray) -> ImageSpec:
   if len(mean) != channels:
     raise ConfigError(
         f"config keys 'data.mean'/'data.std' have {len(mean)} values for {channels}-channel images")
-  return ImageSpec(data_config.image_size or height, channels, mean, std)
+  return ImageSpec(data_config.image_size or default_size or height, channels, mean, std)
 
 
 def _match_channels(image: np.ndarray, channels: int) -> np.ndarray:

@@ -62,6 +62,10 @@ class NativeSplit:
 class NativeData:
   splits: Mapping[str, NativeSplit]
   class_names: tuple[str, ...] | None
+  # Prepared datasets: the default input size, multi-label flag and file paths per split.
+  image_size: int | None = None
+  multi_label: bool = False
+  paths: Mapping[str, Sequence[str]] | None = None
 
 
 class ArraySource:
@@ -263,10 +267,16 @@ def open_tfds(name: str, options: SplitOptions) -> NativeData:
   return NativeData(splits, class_names)
 
 
+def open_prepared(location: str, options: SplitOptions) -> NativeData:
+  from vision.data import prepared  # pylint: disable=import-outside-toplevel  (imports this module)
+  return prepared.open_prepared(location, options)
+
+
 SOURCES: dict[str, Callable[[str, SplitOptions], NativeData]] = {
     "idx": open_idx,
     "folder": open_folder,
     "tfds": open_tfds,
+    "prepared": open_prepared,
 }
 
 
@@ -325,6 +335,8 @@ class Dataset:
   """Every split of a source (native or carved) and the dataset's class names."""
   splits: Mapping[str, RecordSource]
   class_names: tuple[str, ...]
+  image_size: int | None = None  # the source's suggested input size, if it has one
+  multi_label: bool = False
 
   def split(self, name: str) -> RecordSource:
     if name not in self.splits:
@@ -343,7 +355,8 @@ def open_dataset(source: str, options: SplitOptions = SplitOptions()) -> Dataset
     raise SourceError(
         f"data source {source!r} has labels up to {num_classes - 1} but "
         f"{len(class_names)} class names (config key 'data.class_names')")
-  return Dataset({name: split.records for name, split in splits.items()}, tuple(class_names))
+  return Dataset({name: split.records for name, split in splits.items()}, tuple(class_names),
+                 image_size=data.image_size, multi_label=data.multi_label)
 
 
 def split_options(data_config) -> SplitOptions:

@@ -1,0 +1,145 @@
+"""experiments.prepare: a messy folder, CSV and Label Studio sources, the audit, training on it."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from conftest import run_module, tiny_config
+from prepare_data import CLASSES, good_image, rotated_expected, write_messy_folder
+from vision.data import audit, prepare
+from vision.data.sources import SourceError, open_dataset
+from vision.train import loop
+
+LIMITS = audit.Limits(max_pixels=5000, min_size=10, near_duplicate_distance=4)
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+  root = tmp_path_factory.mktemp("messy") / "photos"
+  expected = write_messy_folder(root)
+  before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+  out = root.parent / "prepared"
+  report = prepare.prepare(f"folder:{root}", str(out), prepare.PrepareOptions(limits=LIMITS))
+  return root, out, report, expected, before
+
+
+def _by_path(report: dict, root: pathlib.Path) -> dict[str, set[str]]:
+  found: dict[str, set[str]] = {}
+  for finding in report["findings"]:
+    found.setdefault(str(pathlib.Path(finding["path"]).relative_to(root)), set()).add(
+        finding["kind"])
+  return found
+
+
+def test_audit_names_every_odd_file_with_its_reason(messy):
+  root, out, report, expected, _ = messy
+  found = _by_path(report, root)
+  assert len({k for kinds in expected.values() for k in kinds}) >= 10
+  for relative, kinds in expected.items():
+    assert kinds <= found.get(relative, set()), (relative, found.get(relative))
+  # Nothing good is flagged: every finding is about a file we planted.
+  assert set(found) == set(expected), set(found) ^ set(expected)
+  on_disk = json.loads((out / "audit.json").read_text())
+  assert on_disk["summary"] == report["summary"]
+  for finding in on_disk["findings"]:
+    assert finding["reason"] and finding["action"] in ("excluded", "normalised", "reported")
+
+
+def test_excluded_files_are_not_in_the_dataset_and_odd_ones_are_normalised(messy):
+  root, out, report, expected, _ = messy
+  metadata = json.loads((out / "metadata.json").read_text())
+  stored = {str(pathlib.Path(r["path"]).relative_to(root))
+            for rows in metadata["records"].values() for r in rows}
+  excluded = {str(pathlib.Path(f["path"]).relative_to(root))
+              for f in report["findings"] if f["action"] == "excluded"}
+  assert not stored & excluded
+  assert {"train/triangle/cmyk.jpg", "train/zigzag/palette.png", "train/circle/rotated.png",
+          "train/triangle/sixteen.png", "train/zigzag/grey.png", "test/zigzag/near.png"} <= stored
+  assert "train/circle/000.png" in stored  # the first copy of a duplicate stays
+  assert metadata["class_names"] == list(CLASSES)
+  assert metadata["splits"]["train"]["count"] == 48 + 6 - 1  # 6 normalised, conflict pair gone
+  assert metadata["splits"]["val"]["count"] == 16
+  assert all(len(r["sha256"]) == 64 for rows in metadata["records"].values() for r in rows)
+  dataset = open_dataset(f"prepared:{out}")
+  train = dataset.split("train")
+  paths = [r["path"] for r in metadata["records"]["train"]]
+  rotated = train[paths.index(str(root / "train/circle/rotated.png"))]["image"]
+  np.testing.assert_array_equal(rotated, rotated_expected(root))
+  assert rotated[0, -1].tolist() == [255, 0, 0]  # the marked corner, after a 90° turn
+  for i in range(len(train)):
+    assert train[i]["image"].ndim == 3 and train[i]["image"].shape[-1] == 3
+  assert report["classes"]["imbalance_ratio"] == pytest.approx(
+      max(report["classes"]["counts"].values()) / min(report["classes"]["counts"].values()))
+
+
+def test_source_folder_is_untouched_and_html_is_self_contained(messy):
+  root, out, _, _, before = messy
+  after = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+  assert after == before
+  page = (out / "audit.html").read_text()
+  assert "truncated.jpg" in page and "data:image/png;base64," in page
+  assert "src=\"http" not in page and "<link" not in page
+
+
+def test_flat_csv_and_labelstudio_sources(tmp_path):
+  rng = np.random.default_rng(0)
+  images = tmp_path / "images"
+  images.mkdir()
+  rows, tasks = ["path,label"], []
+  for i in range(40):
+    label = CLASSES[i % 2]
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    Image.fromarray(good_image(i % 2, rng)).save(images / f"{i}.png")
+    tags = label if i % 5 else f"{label};{CLASSES[3]}"
+    rows.append(f"images/{i}.png,{tags}")
+    tasks.append({"id": i, "data": {"image": f"/data/upload/1/abcdef12-{i}.png"},
+                  "annotations": [{"was_cancelled": False, "result": [
+                      {"type": "choices", "from_name": "choice", "to_name": "image",
+                       "value": {"choices": [label]}}]}]})
+  tasks.append({"id": 99, "data": {"image": "/data/upload/1/abcdef12-0.png"}, "annotations": []})
+  (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+  (images / "export.json").write_text(json.dumps(tasks))
+
+  report = prepare.prepare(f"csv:{tmp_path / 'labels.csv'}", str(tmp_path / "csv_out"))
+  assert report["multi_label"] and report["class_names"] == [CLASSES[0], CLASSES[1], CLASSES[3]]
+  assert {s: v["count"] for s, v in report["splits"].items()} == {"train": 32, "val": 4, "test": 4}
+  dataset = open_dataset(f"prepared:{tmp_path / 'csv_out'}")
+  assert dataset.multi_label and dataset.split("train")[0]["labels"].shape == (3,)
+
+  report = prepare.prepare(f"labelstudio:{images / 'export.json'}", str(tmp_path / "ls_out"))
+  assert not report["multi_label"] and report["files_kept"] == 40
+  assert report["summary"] == {"unlabelled": 1}
+  assert report["classes"]["counts"] == {CLASSES[0]: 20, CLASSES[1]: 20}
+
+
+def test_bad_sources_are_one_line_errors(tmp_path, messy):
+  root = messy[0]
+  with pytest.raises(SourceError, match="inside the source folder"):
+    prepare.prepare(f"folder:{root}", str(root / "out"))
+  (tmp_path / "bad.csv").write_text("file,class\na.png,x\n")
+  with pytest.raises(SourceError, match="columns 'path' and 'label'"):
+    prepare.prepare(f"csv:{tmp_path / 'bad.csv'}", str(tmp_path / "o"))
+  with pytest.raises(SourceError, match="not one of"):
+    prepare.prepare(f"zip:{tmp_path}", str(tmp_path / "o"))
+  with pytest.raises(SourceError, match="folder /nonexistent does not exist"):
+    prepare.prepare("folder:/nonexistent", str(tmp_path / "o"))
+
+
+@pytest.mark.slow
+def test_prepare_cli_then_train_on_prepared(tmp_path, messy):
+  root = messy[0]
+  out = tmp_path / "prepared"
+  result = run_module("experiments.prepare", f"--source=folder:{root}", f"--out={out}",
+                      "--max_pixels=5000")
+  assert "prepared:" in result.stdout and "truncated: 1" in result.stdout
+  config = tiny_config(f"prepared:{out}", steps=12)
+  config.data.image_size = 20  # the model's size; the 24-px and 18x24 images are resized
+  report = loop.train(config, tmp_path / "run")
+  assert report["class_names"] == list(CLASSES) and report["num_examples"] == 17
+  assert report["accuracy"] > 0.25
+  card = json.loads((tmp_path / "run/model_card.json").read_text())
+  assert card["image_size"] == 20 and card["channels"] == 3

@@ -1,0 +1,85 @@
+"""Reading a dataset written by `experiments.prepare`: the `prepared:DIR` source.
+
+    dataset = open_dataset("prepared:data/photos")      # via vision.data.sources.SOURCES
+    dataset.class_names, dataset.split("val")[0]["image"].shape
+
+Records decode to `{'image': uint8 HWC RGB, 'label': int}`; a multi-label
+dataset adds `'labels'`, a float32 multi-hot vector over the classes.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+
+from vision.data import prepare as prepare_lib
+from vision.data.sources import NativeData, NativeSplit, SourceError, SplitOptions
+
+
+class PreparedSource:
+  """One split's array_record file, decoded on access (inside grain workers when there are any)."""
+
+  def __init__(self, path: pathlib.Path, labels: list[list[int]], num_classes: int,
+               multi_label: bool):
+    self._path, self._labels = str(path), labels
+    self._num_classes, self._multi_label = num_classes, multi_label
+    self._reader = None
+
+  def __len__(self) -> int:
+    return len(self._labels)
+
+  def __getstate__(self) -> dict:
+    return {**self.__dict__, "_reader": None}  # readers do not pickle; workers reopen
+
+  def _records(self):
+    if self._reader is None:
+      import grain  # pylint: disable=import-outside-toplevel
+      self._reader = grain.sources.ArrayRecordDataSource([self._path])
+    return self._reader
+
+  def __getitem__(self, index: int) -> dict:
+    image, header = prepare_lib.decode_record(self._records()[int(index)])
+    record = {"image": image, "label": int(header["labels"][0])}
+    if self._multi_label:
+      record["labels"] = multi_hot(header["labels"], self._num_classes)
+    return record
+
+  @property
+  def label_lists(self) -> list[list[int]]:
+    return self._labels
+
+
+def multi_hot(labels, num_classes: int) -> np.ndarray:
+  vector = np.zeros((num_classes,), np.float32)
+  vector[list(labels)] = 1.0
+  return vector
+
+
+def read_metadata(location: str | pathlib.Path) -> dict:
+  path = pathlib.Path(location) / prepare_lib.METADATA
+  if not path.is_file():
+    raise SourceError(f"{location} is not a prepared dataset (no {prepare_lib.METADATA}); "
+                      "make one with python -m experiments.prepare --source=... --out=DIR")
+  metadata = json.loads(path.read_text())
+  if metadata.get("format") != prepare_lib.FORMAT:
+    raise SourceError(f"{path} has format {metadata.get('format')!r}; expected "
+                      f"{prepare_lib.FORMAT!r} (re-run experiments.prepare)")
+  return metadata
+
+
+def open_prepared(location: str, options: SplitOptions) -> NativeData:
+  del options  # splits, names and sizes all come from the metadata
+  root = pathlib.Path(location)
+  metadata = read_metadata(root)
+  names = tuple(metadata["class_names"])
+  splits = {}
+  for split, info in metadata["splits"].items():
+    rows = metadata["records"][split]
+    label_lists = [row["labels"] for row in rows]
+    source = PreparedSource(root / info["file"], label_lists, len(names), metadata["multi_label"])
+    splits[split] = NativeSplit(source, np.array([l[0] for l in label_lists], np.int64))
+  return NativeData(splits, names, image_size=metadata.get("image_size"),
+                    multi_label=bool(metadata["multi_label"]),
+                    paths={s: [r["path"] for r in metadata["records"][s]] for s in splits})
