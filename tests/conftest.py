@@ -121,3 +121,8 @@ def tiny_config(source: str, steps: int = 12):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(f"source={source},steps={steps}")
+
+
+def read_idx_labels(path: pathlib.Path) -> np.ndarray:
+  """The labels of an IDX label file written by `write_idx`."""
+  return np.frombuffer(gzip.decompress(path.read_bytes()), np.uint8, offset=8).copy()

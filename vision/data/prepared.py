@@ -22,8 +22,8 @@ class PreparedSource:
   """One split's array_record file, decoded on access (inside grain workers when there are any)."""
 
   def __init__(self, path: pathlib.Path, labels: list[list[int]], num_classes: int,
-               multi_label: bool):
-    self._path, self._labels = str(path), labels
+               multi_label: bool, paths: list[str]):
+    self._path, self._labels, self._paths = str(path), labels, paths
     self._num_classes, self._multi_label = num_classes, multi_label
     self._reader = None
 
@@ -45,6 +45,11 @@ class PreparedSource:
     if self._multi_label:
       record["labels"] = multi_hot(header["labels"], self._num_classes)
     return record
+
+  @property
+  def paths(self) -> list[str]:
+    """The source file of each record (for label-issue reports)."""
+    return self._paths
 
   @property
   def label_lists(self) -> list[list[int]]:
@@ -78,8 +83,8 @@ def open_prepared(location: str, options: SplitOptions) -> NativeData:
   for split, info in metadata["splits"].items():
     rows = metadata["records"][split]
     label_lists = [row["labels"] for row in rows]
-    source = PreparedSource(root / info["file"], label_lists, len(names), metadata["multi_label"])
+    source = PreparedSource(root / info["file"], label_lists, len(names), metadata["multi_label"],
+                            [row["path"] for row in rows])
     splits[split] = NativeSplit(source, np.array([l[0] for l in label_lists], np.int64))
   return NativeData(splits, names, image_size=metadata.get("image_size"),
-                    multi_label=bool(metadata["multi_label"]),
-                    paths={s: [r["path"] for r in metadata["records"][s]] for s in splits})
+                    multi_label=bool(metadata["multi_label"]))

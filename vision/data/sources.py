@@ -62,10 +62,9 @@ class NativeSplit:
 class NativeData:
   splits: Mapping[str, NativeSplit]
   class_names: tuple[str, ...] | None
-  # Prepared datasets: the default input size, multi-label flag and file paths per split.
+  # Prepared datasets: the default input size and the multi-label flag.
   image_size: int | None = None
   multi_label: bool = False
-  paths: Mapping[str, Sequence[str]] | None = None
 
 
 class ArraySource:
@@ -125,6 +124,10 @@ class ImageFileSource:
 
   def __init__(self, paths: Sequence[str], labels: np.ndarray):
     self._paths, self._labels = list(paths), labels
+
+  @property
+  def paths(self) -> list[str]:
+    return self._paths
 
   def __len__(self) -> int:
     return len(self._paths)

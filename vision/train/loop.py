@@ -128,9 +128,14 @@ class Run:
   checkpoints: checkpoint_lib.Checkpoints
 
 
-def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
-  """Data, model, optimizer, compiled steps and checkpoints for a validated config."""
-  dataset, spec = open_from_config(config.data)
+def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+             dataset: Dataset | None = None) -> Run:
+  """Data, model, optimizer, compiled steps and checkpoints for a validated config.
+
+  `dataset` replaces the config's source (cross-validation folds); the spec still follows the config.
+  """
+  opened, spec = open_from_config(config.data)
+  dataset = dataset or opened
   train_records = pipeline.limit_examples(
       dataset.split(config.data.train_split), config.data.max_train_examples)
   val_records = pipeline.limit_examples(
@@ -152,8 +157,12 @@ def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
              train_iter, checkpoints)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns the test report."""
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+          dataset: Dataset | None = None, final_test: bool = True) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the test report (or `{}` without one).
+
+  `dataset` overrides the splits of `config.data.source` (a cross-validation fold).
+  """
   config = config_lib.validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +171,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     if changed:
       log.warning("config differs from the earlier run in this workdir: %s", ", ".join(changed))
 
-  run = assemble(config, workdir)
+  run = assemble(config, workdir, dataset)
   if parallel.is_main_process():
     run.card.write(workdir)
   state, start_step = run.steps.state, run.checkpoints.latest_step() or 0
@@ -173,7 +182,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   try:
     _train_steps(run, state, start_step, writer)
     run.checkpoints.close()
-    return _final_test(run, writer)
+    return _final_test(run, writer) if final_test else {}
   finally:
     run.checkpoints.close()
     writer.close()
