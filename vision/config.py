@@ -70,6 +70,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.mean = (0.5,)
   c.data.std = (0.5,)
   c.data.worker_count = 0
+  # 'shuffle' (every example once per epoch) or 'balanced' (each batch holds every class
+  # equally often; small classes are oversampled). See vision/data/sampling.py.
+  c.data.sampler = "shuffle"
   # Limits for smoke runs and debugging; None uses every example.
   c.data.max_train_examples = ml_collections.config_dict.placeholder(int)
   c.data.max_eval_examples = ml_collections.config_dict.placeholder(int)
@@ -103,6 +106,14 @@ def defaults() -> ml_collections.ConfigDict:
   # The validation metric that picks the best checkpoint.
   c.train.best_metric = "val/accuracy"
   c.train.label_smoothing = 0.0
+  # Imbalance (vision/train/imbalance.py): 'cross_entropy' or 'focal' (softmax focal loss).
+  c.train.loss = "cross_entropy"
+  c.train.focal_gamma = 2.0
+  # 'none' or 'balanced': per-class loss weights N / (C * count_c) from the training split.
+  c.train.class_weights = "none"
+  # From this largest/smallest class ratio of the training split on, a best_metric left at
+  # 'val/accuracy' becomes 'val/macro_f1'; None keeps accuracy.
+  c.train.imbalance_threshold = 3.0
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "sgd"  # 'sgd' or 'adamw'
@@ -155,6 +166,9 @@ _CHOICES = {
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("cosine", "step", "linear", "constant"),
     "model.stem": ("auto", "small", "imagenet"),
+    "data.sampler": ("shuffle", "balanced"),
+    "train.loss": ("cross_entropy", "focal"),
+    "train.class_weights": ("none", "balanced"),
 }
 
 
@@ -248,6 +262,11 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
   if not 0 <= c.train.label_smoothing < 1:
     raise ConfigError(
         f"config key 'train.label_smoothing' must be in [0, 1), got {c.train.label_smoothing}")
+  if not c.train.focal_gamma >= 0:
+    raise ConfigError(f"config key 'train.focal_gamma' must be >= 0, got {c.train.focal_gamma}")
+  if c.train.imbalance_threshold is not None and not c.train.imbalance_threshold >= 1:
+    raise ConfigError("config key 'train.imbalance_threshold' must be >= 1 (a largest/smallest "
+                      f"class ratio) or None, got {c.train.imbalance_threshold}")
   if len(c.data.mean) != len(c.data.std):
     raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
 

@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image
 
 from vision.config import ConfigError
-from vision.data.sources import RecordSource, SubsetSource, vectorised_reader
+from vision.data import sampling
+from vision.data.sources import RecordSource, SubsetSource, record_labels, vectorised_reader
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +163,13 @@ def index_batches(num_records: int, batch_size: int, *, seed: int | None, epochs
   return indices.repeat(epochs).batch(batch_size, drop_remainder=drop_remainder)
 
 
+def balanced_index_batches(records: RecordSource, batch_size: int, *, seed: int) -> grain.MapDataset:
+  """Endless class-balanced batches of record indices (vision/data/sampling.py)."""
+  order = sampling.BalancedOrder(record_labels(records), seed)
+  indices = grain.MapDataset.source(order)[jax.process_index()::jax.process_count()]
+  return indices.batch(batch_size, drop_remainder=True)
+
+
 # One background thread a few batches ahead: grain's default (16 threads, 500
 # elements) front-loads hundreds of batches and competes with XLA for the cores.
 _READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
@@ -184,7 +192,11 @@ def train_iterator(records: RecordSource, data_config, spec: ImageSpec, *,
     raise ConfigError(
         f"the training split has {len(records)} examples, fewer than one batch "
         f"(config key 'train.batch_size'={batch_size * jax.process_count()})")
-  dataset = index_batches(len(records), batch_size, seed=seed, epochs=None, drop_remainder=True)
+  if data_config.sampler == "balanced":
+    dataset = balanced_index_batches(records, batch_size, seed=seed)
+  else:
+    dataset = index_batches(len(records), batch_size, seed=seed, epochs=None,
+                            drop_remainder=True)
   dataset = dataset.map(LoadBatch(records, spec))
   if data_config.crop_padding or data_config.flip:
     dataset = dataset.random_map(Augment(data_config.crop_padding, data_config.flip), seed=seed)

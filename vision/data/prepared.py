@@ -52,6 +52,11 @@ class PreparedSource:
     return self._paths
 
   @property
+  def labels(self) -> np.ndarray:
+    """The first (single-label: the only) label of each record."""
+    return np.array([l[0] for l in self._labels], np.int64)
+
+  @property
   def label_lists(self) -> list[list[int]]:
     return self._labels
 

@@ -73,6 +73,10 @@ class ArraySource:
   def __init__(self, images: np.ndarray, labels: np.ndarray):
     self._images, self._labels = images, labels
 
+  @property
+  def labels(self) -> np.ndarray:
+    return self._labels
+
   def __len__(self) -> int:
     return len(self._labels)
 
@@ -105,6 +109,16 @@ class SubsetSource:
     return self._indices
 
 
+def record_labels(records: RecordSource) -> np.ndarray:
+  """The integer label of every record, without decoding images where the source knows them."""
+  if isinstance(records, SubsetSource):
+    return record_labels(records.base)[records.indices]
+  labels = getattr(records, "labels", None)
+  if labels is not None:
+    return np.asarray(labels, np.int64)
+  return np.array([records[i]["label"] for i in range(len(records))], np.int64)
+
+
 def vectorised_reader(records: RecordSource):
   """`indices -> (images, labels)` in one read where the source allows it, else None."""
   if isinstance(records, SubsetSource):
@@ -129,6 +143,10 @@ class ImageFileSource:
   def paths(self) -> list[str]:
     return self._paths
 
+  @property
+  def labels(self) -> np.ndarray:
+    return self._labels
+
   def __len__(self) -> int:
     return len(self._paths)
 
@@ -143,8 +161,8 @@ class ImageFileSource:
 class TfdsSource:
   """A TFDS array_record split, with labels widened to Python ints."""
 
-  def __init__(self, source: RecordSource):
-    self._source = source
+  def __init__(self, source: RecordSource, labels: np.ndarray | None = None):
+    self._source, self.labels = source, labels
 
   def __len__(self) -> int:
     return len(self._source)
@@ -266,7 +284,7 @@ def open_tfds(name: str, options: SplitOptions) -> NativeData:
         decoders={"image": tfds.decode.SkipDecoding()})
     labels = np.fromiter((int(labels_only[i]["label"]) for i in range(len(labels_only))),
                          dtype=np.int64, count=len(labels_only))
-    splits[split] = NativeSplit(TfdsSource(records), labels)
+    splits[split] = NativeSplit(TfdsSource(records, labels), labels)
   return NativeData(splits, class_names)
 
 

@@ -34,7 +34,7 @@ from vision import parallel
 from vision.checkpoint import load_model
 from vision.config import ConfigError
 from vision.data import open_from_config
-from vision.data.sources import Dataset, RecordSource, SubsetSource
+from vision.data.sources import Dataset, RecordSource, SubsetSource, record_labels
 from vision.evaluate import evaluate as evaluate_lib
 from vision.evaluate import report as report_lib
 from vision.evaluate.inference import predict_split
@@ -55,6 +55,10 @@ class ConcatSource:
   def __len__(self) -> int:
     return int(self._starts[-1])
 
+  @property
+  def labels(self) -> np.ndarray:
+    return np.concatenate([record_labels(p) for p in self._parts])
+
   def __getitem__(self, index: int) -> dict:
     part = int(np.searchsorted(self._starts, index, side="right") - 1)
     return self._parts[part][int(index - self._starts[part])]
@@ -71,10 +75,6 @@ def _file_paths(records: RecordSource) -> list[str] | None:
 def record_paths(records: RecordSource, split: str) -> list[str]:
   """The source file of each record where known, else `split[position in the split]`."""
   return _file_paths(records) or [f"{split}[{i}]" for i in range(len(records))]
-
-
-def _labels(records: RecordSource) -> np.ndarray:
-  return np.array([records[i]["label"] for i in range(len(records))], np.int64)
 
 
 def confidence_interval(values: list[float], level: float = 0.95) -> float:
@@ -107,7 +107,7 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   parts = [config.data.train_split, config.data.val_split]
   pool = ConcatSource([dataset.split(s) for s in parts])
   paths = sum((record_paths(dataset.split(s), s) for s in parts), [])
-  labels = _labels(pool)
+  labels = record_labels(pool)
   if len(labels) < folds:
     raise ConfigError(f"--folds={folds} is more than the {len(labels)} examples")
   num_classes = len(dataset.class_names)

@@ -32,11 +32,11 @@ from vision import logging as logging_lib
 from vision import parallel
 from vision.data import open_from_config
 from vision.data import pipeline
-from vision.data.sources import Dataset, RecordSource
+from vision.data.sources import Dataset, RecordSource, record_labels
 from vision.evaluate import evaluate as evaluate_lib
 from vision.evaluate.inference import predict_split
 from vision.models import ModelOptions, create_model
-from vision.train import losses, optim
+from vision.train import imbalance, optim
 from vision.train.progress import Progress
 from vision.train.step import Steps, TrainState
 
@@ -142,17 +142,18 @@ def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       dataset.split(config.data.val_split), config.data.max_eval_examples)
   schedule = Schedule.from_config(config.train, len(train_records))
   model, card = build_model(config, dataset, spec)
+  counts = imbalance.class_counts(record_labels(train_records), card.num_classes)
+  card = dataclasses.replace(card, best_metric=imbalance.best_metric(config.train, counts))
   lr_schedule = optim.make_schedule(config.optim, total_steps=schedule.total_steps,
                                     steps_per_epoch=schedule.steps_per_epoch)
   optimizer = nnx.Optimizer(model, optim.make_optimizer(config.optim, lr_schedule), wrt=nnx.Param)
   mesh = parallel.make_mesh()
-  steps = Steps.create(model, optimizer, mesh,
-                       loss=losses.classification_loss(config.train.label_smoothing))
+  steps = Steps.create(model, optimizer, mesh, loss=imbalance.make_loss(config.train, counts))
   train_iter = pipeline.train_iterator(
       train_records, config.data, spec,
       batch_size=config.train.batch_size // jax.process_count(), seed=config.seed)
   checkpoints = checkpoint_lib.Checkpoints(
-      workdir, keep=config.train.keep_checkpoints, best_metric=config.train.best_metric)
+      workdir, keep=config.train.keep_checkpoints, best_metric=card.best_metric)
   return Run(config, workdir, schedule, spec, card, val_records, mesh, steps, lr_schedule,
              train_iter, checkpoints)
 
