@@ -192,7 +192,7 @@ def train_iterator(records: RecordSource, data_config, spec: ImageSpec, *,
     raise ConfigError(
         f"the training split has {len(records)} examples, fewer than one batch "
         f"(config key 'train.batch_size'={batch_size * jax.process_count()})")
-  if data_config.sampler == "balanced":
+  if data_config.get("sampler", "shuffle") == "balanced":
     dataset = balanced_index_batches(records, batch_size, seed=seed)
   else:
     dataset = index_batches(len(records), batch_size, seed=seed, epochs=None,
