@@ -66,6 +66,23 @@ def defaults() -> ml_collections.ConfigDict:
   # Training augmentation: pad-and-random-crop (pixels) and horizontal flips.
   c.data.crop_padding = 0
   c.data.flip = False
+  # More training augmentation (vision/data/augment.py), all seeded. Host side, in grain:
+  # Inception-style random-resized crop back to the input size (area scale, aspect ratio).
+  c.data.random_resized_crop = False
+  c.data.rrc_scale = (0.08, 1.0)
+  c.data.rrc_ratio = (0.75, 1.3333333333333333)
+  c.data.vflip = False
+  # Random rotation, uniform in [-rotation, +rotation] degrees.
+  c.data.rotation = 0.0
+  # Brightness/contrast/saturation factors uniform in [1 - s, 1 + s].
+  c.data.color_jitter = 0.0
+  # RandAugment: ops per image (0: off) and magnitude (0-10).
+  c.data.randaugment_ops = 0
+  c.data.randaugment_magnitude = 9
+  # On device, under jit: mixup / cutmix with lam ~ Beta(alpha, alpha); 0 turns one off,
+  # with both on each batch takes one of them at random.
+  c.data.mixup_alpha = 0.0
+  c.data.cutmix_alpha = 0.0
   # Normalisation after scaling to [0, 1]: (x - mean) / std per channel.
   c.data.mean = (0.5,)
   c.data.std = (0.5,)
@@ -262,6 +279,7 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
   if not 0 <= c.train.label_smoothing < 1:
     raise ConfigError(
         f"config key 'train.label_smoothing' must be in [0, 1), got {c.train.label_smoothing}")
+  _check_augmentation(c.data)
   if not c.train.focal_gamma >= 0:
     raise ConfigError(f"config key 'train.focal_gamma' must be >= 0, got {c.train.focal_gamma}")
   if c.train.imbalance_threshold is not None and not c.train.imbalance_threshold >= 1:
@@ -269,6 +287,22 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
                       f"class ratio) or None, got {c.train.imbalance_threshold}")
   if len(c.data.mean) != len(c.data.std):
     raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
+
+
+def _check_augmentation(data: ml_collections.ConfigDict) -> None:
+  for key in ("rrc_scale", "rrc_ratio"):
+    low_high = tuple(data[key])
+    if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+      raise ConfigError(f"config key 'data.{key}' must be (low, high) with 0 < low <= high, "
+                        f"got {low_high}")
+  if data.rrc_scale[1] > 1:
+    raise ConfigError(f"config key 'data.rrc_scale' must stay within (0, 1], got {data.rrc_scale}")
+  for key in ("rotation", "color_jitter", "mixup_alpha", "cutmix_alpha", "randaugment_ops"):
+    if not data[key] >= 0:
+      raise ConfigError(f"config key 'data.{key}' must be >= 0, got {data[key]}")
+  if not 0 <= data.randaugment_magnitude <= 10:
+    raise ConfigError("config key 'data.randaugment_magnitude' must be in [0, 10], "
+                      f"got {data.randaugment_magnitude}")
 
 
 def _check_environment(c: ml_collections.ConfigDict) -> None:

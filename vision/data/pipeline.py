@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from vision.config import ConfigError
-from vision.data import sampling
+from vision.data import augment, sampling
 from vision.data.sources import RecordSource, SubsetSource, record_labels, vectorised_reader
 
 
@@ -200,6 +200,9 @@ def train_iterator(records: RecordSource, data_config, spec: ImageSpec, *,
   dataset = dataset.map(LoadBatch(records, spec))
   if data_config.crop_padding or data_config.flip:
     dataset = dataset.random_map(Augment(data_config.crop_padding, data_config.flip), seed=seed)
+  host_augment = augment.HostAugment.from_config(data_config) if "rotation" in data_config else None
+  if host_augment is not None:
+    dataset = dataset.random_map(host_augment, seed=seed + 1)
   return _iterate(dataset.map(Normalise(spec)), data_config.worker_count)
 
 

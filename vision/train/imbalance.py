@@ -43,40 +43,60 @@ def imbalance_ratio(counts: np.ndarray) -> float:
   return float(present.max() / present.min()) if len(present) else 1.0
 
 
-def focal_loss(logits: jax.Array, labels: jax.Array, *, gamma: float = 2.0,
-               label_smoothing: float = 0.0, weights: jax.Array | None = None) -> jax.Array:
-  """Softmax focal loss (Lin et al. 2017): sum_c -t_c (1 - p_c)^gamma log p_c, batch-averaged.
+def _targets(logits: jax.Array, labels: jax.Array | None, targets: jax.Array | None,
+             label_smoothing: float) -> jax.Array:
+  if targets is None:
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  return optax.smooth_labels(targets, label_smoothing) if label_smoothing else targets
 
-  `weights` are per-example (a class weight, the alpha of the paper); the mean is weighted.
-  """
-  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  log_p = jax.nn.log_softmax(logits.astype(jnp.float32))
-  per_example = -(targets * (1.0 - jnp.exp(log_p)) ** gamma * log_p).sum(-1)
+
+def _weighted_mean(per_example: jax.Array, weights: jax.Array | None) -> jax.Array:
   if weights is None:
     return per_example.mean()
   return (per_example * weights).sum() / jnp.maximum(weights.sum(), 1e-12)
 
 
+def focal_loss(logits: jax.Array, labels: jax.Array | None = None, *, gamma: float = 2.0,
+               targets: jax.Array | None = None, label_smoothing: float = 0.0,
+               weights: jax.Array | None = None) -> jax.Array:
+  """Softmax focal loss (Lin et al. 2017): sum_c -t_c (1 - p_c)^gamma log p_c, batch-averaged.
+
+  `targets` (soft labels, e.g. from mixup) replace `labels`; `weights` are per-example (a
+  class weight, the alpha of the paper) and make the mean a weighted one.
+  """
+  targets = _targets(logits, labels, targets, label_smoothing)
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32))
+  per_example = -(targets * (1.0 - jnp.exp(log_p)) ** gamma * log_p).sum(-1)
+  return _weighted_mean(per_example, weights)
+
+
 def make_loss(train_config, counts: np.ndarray | None) -> losses.LossFn:
-  """The train step's objective from `config.train` (and the training split's class counts)."""
-  smoothing = train_config.label_smoothing
+  """The train step's objective from `config.train` and the training split's class counts.
+
+  Soft `batch['targets']` (mixup/cutmix) are used when present, else one-hot labels; a
+  class weight of a soft target is the target-weighted mean of the class weights.
+  """
+  smoothing, gamma, focal = train_config.label_smoothing, train_config.focal_gamma, (
+      train_config.loss == "focal")
   per_class = None
   if train_config.class_weights == "balanced":
     per_class = jnp.asarray(class_weights(counts))
     log.info("class weights: %s", np.round(np.asarray(per_class), 3).tolist())
-  if train_config.loss == "cross_entropy" and per_class is None:
-    return losses.classification_loss(smoothing)
-  gamma = train_config.focal_gamma
+  if not focal and per_class is None:
+    plain = losses.classification_loss(smoothing)
 
   def loss(logits: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
-    weights = None if per_class is None else per_class[batch["label"]]
-    if train_config.loss == "focal":
-      return focal_loss(logits, batch["label"], gamma=gamma, label_smoothing=smoothing,
-                        weights=weights)
-    return losses.cross_entropy(logits, batch["label"], label_smoothing=smoothing,
-                                weights=weights)
+    if not focal and per_class is None and "targets" not in batch:
+      return plain(logits, batch)
+    soft = batch.get("targets")
+    targets = _targets(logits, batch["label"], soft, smoothing)
+    weights = None
+    if per_class is not None:
+      weights = per_class[batch["label"]] if soft is None else soft @ per_class
+    if focal:
+      return focal_loss(logits, targets=targets, gamma=gamma, weights=weights)
+    per_example = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    return _weighted_mean(per_example, weights)
   return loss
 
 

@@ -31,7 +31,7 @@ from vision.config import ConfigError
 from vision import logging as logging_lib
 from vision import parallel
 from vision.data import open_from_config
-from vision.data import pipeline
+from vision.data import augment, pipeline
 from vision.data.sources import Dataset, RecordSource, record_labels
 from vision.evaluate import evaluate as evaluate_lib
 from vision.evaluate.inference import predict_split
@@ -148,7 +148,8 @@ def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                                     steps_per_epoch=schedule.steps_per_epoch)
   optimizer = nnx.Optimizer(model, optim.make_optimizer(config.optim, lr_schedule), wrt=nnx.Param)
   mesh = parallel.make_mesh()
-  steps = Steps.create(model, optimizer, mesh, loss=imbalance.make_loss(config.train, counts))
+  steps = Steps.create(model, optimizer, mesh, loss=imbalance.make_loss(config.train, counts),
+                       batch_transform=augment.device_transform(config.data, card.num_classes))
   train_iter = pipeline.train_iterator(
       train_records, config.data, spec,
       batch_size=config.train.batch_size // jax.process_count(), seed=config.seed)
