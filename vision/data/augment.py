@@ -212,7 +212,9 @@ def device_transform(data_config, num_classes: int):
     return None
 
   def transform(batch: dict, rng: jax.Array) -> dict:
-    targets = batch.get("targets")
+    # Multi-label batches mix their multi-hot 'labels' (BCE reads them back from there).
+    key = "labels" if "labels" in batch else "targets"
+    targets = batch.get(key)
     if targets is None:
       targets = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
     choose_rng, mix_rng = jax.random.split(rng)
@@ -226,5 +228,5 @@ def device_transform(data_config, num_classes: int):
       images, targets = mixup(images, targets, mix_rng, mix_alpha)
     else:
       images, targets = cutmix(images, targets, mix_rng, cut_alpha)
-    return {**batch, "image": images, "targets": targets}
+    return {**batch, "image": images, key: targets}
   return transform

@@ -25,7 +25,8 @@ from PIL import Image
 
 from vision.config import ConfigError
 from vision.data import augment, sampling
-from vision.data.sources import RecordSource, SubsetSource, record_labels, vectorised_reader
+from vision.data.sources import (RecordSource, SubsetSource, multi_hot_reader, record_labels,
+                                 vectorised_reader)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +114,11 @@ class LoadBatch(grain.transforms.Map):
 
   def map(self, indices: np.ndarray) -> dict:
     images, labels = read_batch(self.records, indices, self.spec)
-    return {"image": images, "label": labels}
+    batch = {"image": images, "label": labels}
+    multi_hot = multi_hot_reader(self.records)
+    if multi_hot is not None:  # multi-label datasets: float32 [B, num_classes]
+      batch["labels"] = multi_hot(np.asarray(indices))
+    return batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +225,9 @@ def eval_batches(records: RecordSource, spec: ImageSpec, *, batch_size: int,
     produced += 1
   empty = {"image": np.zeros((0, spec.size, spec.size, spec.channels), np.float32),
            "label": np.zeros((0,), np.int32)}
+  multi_hot = multi_hot_reader(records)
+  if multi_hot is not None:
+    empty["labels"] = multi_hot(np.zeros((0,), np.int64))
   for _ in range(num_eval_batches(len(records), batch_size) - produced):
     yield pad_batch(empty, batch_size)
 
@@ -237,7 +245,8 @@ def pad_batch(batch: dict, batch_size: int) -> dict:
   def pad(array: np.ndarray) -> np.ndarray:
     return np.concatenate([array, np.zeros((padding, *array.shape[1:]), array.dtype)])
 
-  return {"image": pad(batch["image"]), "label": pad(batch["label"].astype(np.int32)),
+  padded = {key: pad(value) for key, value in batch.items()}
+  return {**padded, "label": pad(batch["label"].astype(np.int32)),
           "mask": pad(np.ones((count,), np.float32))}
 
 

@@ -26,12 +26,21 @@ class PreparedSource:
     self._path, self._labels, self._paths = str(path), labels, paths
     self._num_classes, self._multi_label = num_classes, multi_label
     self._reader = None
+    if multi_label:
+      self.read_multi_hot = self._read_multi_hot
 
   def __len__(self) -> int:
     return len(self._labels)
 
   def __getstate__(self) -> dict:
-    return {**self.__dict__, "_reader": None}  # readers do not pickle; workers reopen
+    state = {**self.__dict__, "_reader": None}  # readers do not pickle; workers reopen
+    state.pop("read_multi_hot", None)
+    return state
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    if self._multi_label:
+      self.read_multi_hot = self._read_multi_hot
 
   def _records(self):
     if self._reader is None:
@@ -45,6 +54,11 @@ class PreparedSource:
     if self._multi_label:
       record["labels"] = multi_hot(header["labels"], self._num_classes)
     return record
+
+  def _read_multi_hot(self, indices: np.ndarray) -> np.ndarray:
+    """Multi-hot targets [N, classes] from the metadata, without decoding images."""
+    return np.stack([multi_hot(self._labels[int(i)], self._num_classes) for i in indices]
+                    ) if len(indices) else np.zeros((0, self._num_classes), np.float32)
 
   @property
   def paths(self) -> list[str]:

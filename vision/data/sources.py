@@ -119,6 +119,14 @@ def record_labels(records: RecordSource) -> np.ndarray:
   return np.array([records[i]["label"] for i in range(len(records))], np.int64)
 
 
+def multi_hot_reader(records: RecordSource):
+  """`indices -> float32 [N, classes]` multi-hot targets for multi-label sources, else None."""
+  if isinstance(records, SubsetSource):
+    inner = multi_hot_reader(records.base)
+    return inner and (lambda indices: inner(records.indices[np.asarray(indices, np.int64)]))
+  return getattr(records, "read_multi_hot", None)
+
+
 def vectorised_reader(records: RecordSource):
   """`indices -> (images, labels)` in one read where the source allows it, else None."""
   if isinstance(records, SubsetSource):

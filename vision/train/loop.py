@@ -36,7 +36,7 @@ from vision.data.sources import Dataset, RecordSource, record_labels
 from vision.evaluate import evaluate as evaluate_lib
 from vision.evaluate.inference import predict_split
 from vision.models import ModelOptions, create_model
-from vision.train import imbalance, optim
+from vision.train import imbalance, multilabel, optim
 from vision.train.progress import Progress
 from vision.train.step import Steps, TrainState
 
@@ -126,6 +126,8 @@ class Run:
   lr_schedule: optax.Schedule
   train_iter: grain.DatasetIterator
   checkpoints: checkpoint_lib.Checkpoints
+  test_records: RecordSource | None = None  # multi-label runs score the test split themselves
+  multi_label: bool = False
 
 
 def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
@@ -144,19 +146,27 @@ def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   model, card = build_model(config, dataset, spec)
   counts = imbalance.class_counts(record_labels(train_records), card.num_classes)
   card = dataclasses.replace(card, best_metric=imbalance.best_metric(config.train, counts))
+  loss = imbalance.make_loss(config.train, counts)
+  if dataset.multi_label:
+    card = dataclasses.replace(card, best_metric=multilabel.best_metric(config.train))
+    loss = multilabel.bce_loss(config.train.label_smoothing)
   lr_schedule = optim.make_schedule(config.optim, total_steps=schedule.total_steps,
                                     steps_per_epoch=schedule.steps_per_epoch)
   optimizer = nnx.Optimizer(model, optim.make_optimizer(config.optim, lr_schedule), wrt=nnx.Param)
   mesh = parallel.make_mesh()
-  steps = Steps.create(model, optimizer, mesh, loss=imbalance.make_loss(config.train, counts),
+  steps = Steps.create(model, optimizer, mesh, loss=loss,
                        batch_transform=augment.device_transform(config.data, card.num_classes))
   train_iter = pipeline.train_iterator(
       train_records, config.data, spec,
       batch_size=config.train.batch_size // jax.process_count(), seed=config.seed)
   checkpoints = checkpoint_lib.Checkpoints(
       workdir, keep=config.train.keep_checkpoints, best_metric=card.best_metric)
+  test_records = None
+  if dataset.multi_label and config.data.test_split in dataset.splits:
+    test_records = pipeline.limit_examples(
+        dataset.split(config.data.test_split), config.data.max_eval_examples)
   return Run(config, workdir, schedule, spec, card, val_records, mesh, steps, lr_schedule,
-             train_iter, checkpoints)
+             train_iter, checkpoints, test_records, dataset.multi_label)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -235,6 +245,8 @@ def _train_steps(run: Run, state: TrainState, start_step: int, writer) -> TrainS
 
 def _validate(run: Run, state: TrainState) -> dict[str, float]:
   """Scores `state` on the validation split; writes eval/val/ and returns its scalars."""
+  if run.multi_label:
+    return _validate_multi_label(run, state)
   labels, probs = predict_split(
       lambda batch: run.steps.predict(state, batch), run.val_records, run.spec,
       batch_size=evaluate_lib.eval_batch_size(run.config.train.eval_batch_size), mesh=run.mesh,
@@ -244,9 +256,28 @@ def _validate(run: Run, state: TrainState) -> dict[str, float]:
   return evaluate_lib.split_scalars(report, "val")
 
 
+def _validate_multi_label(run: Run, state: TrainState) -> dict[str, float]:
+  targets, probs = multilabel.predict_multi_hot(
+      lambda batch: run.steps.logits(state, batch), run.val_records, run.spec, mesh=run.mesh,
+      batch_size=evaluate_lib.eval_batch_size(run.config.train.eval_batch_size))
+  report = multilabel.multilabel_report(targets, probs, np.full(targets.shape[1], 0.5),
+                                        run.card.class_names)
+  multilabel.write_report(report, run.workdir, run.config.data.val_split)
+  return multilabel.split_scalars(report, "val")
+
+
 def _final_test(run: Run, writer) -> dict:
   """Evaluates the best checkpoint on the test split, as `experiments.evaluate` would."""
   split = run.config.data.test_split
+  if run.multi_label:
+    report = multilabel.final_report(
+        run.workdir, run.val_records, run.test_records, run.spec, test_split=split,
+        batch_size=evaluate_lib.eval_batch_size(run.config.train.eval_batch_size))
+    scalars = multilabel.split_scalars(report, split)
+    writer.write_scalars(run.schedule.total_steps, scalars)
+    writer.write_summary(scalars)
+    log.info("%s: %s", split, ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
+    return report
   report = evaluate_lib.evaluate_workdir(run.workdir, split)
   evaluate_lib.publish(writer, report, split, run.schedule.total_steps, run.workdir)
   scalars = evaluate_lib.split_scalars(report, split)

@@ -74,12 +74,18 @@ def _predict(model_def, state: TrainState, batch: dict[str, jax.Array]) -> jax.A
   return probabilities(nnx.merge(model_def, state.model), batch["image"])
 
 
+def _logits(model_def, state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
+  return nnx.merge(model_def, state.model)(batch["image"]).astype(jnp.float32)
+
+
 @dataclasses.dataclass
 class Steps:
   """The compiled steps for one model/optimizer pair on one mesh."""
   state: TrainState
   train: Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]
   predict: Callable[[TrainState, dict], jax.Array]
+  # Raw float32 logits in eval mode (multi-label training takes sigmoids of these).
+  logits: Optional[Callable[[TrainState, dict], jax.Array]] = None
 
   @classmethod
   def create(cls, model: nnx.Module, optimizer: nnx.Optimizer, mesh: jax.sharding.Mesh, *,
@@ -101,4 +107,6 @@ class Steps:
         donate_argnums=0)
     predict = jax.jit(lambda state, batch: _predict(eval_def, state, batch),
                       in_shardings=(replicated, sharded), out_shardings=sharded)
-    return cls(state, train, predict)
+    logits = jax.jit(lambda state, batch: _logits(eval_def, state, batch),
+                     in_shardings=(replicated, sharded), out_shardings=sharded)
+    return cls(state, train, predict, logits)
