@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vision import config as config_lib
+from vision import parallel
 from vision.data import augment, pipeline
 from vision.data.sources import ArraySource
 
@@ -89,7 +90,9 @@ def test_mixup_and_cutmix_label_mass_sums_to_one_and_matches_the_pixels(kind):
   data = config_lib.defaults().data
   data[f"{kind}_alpha"] = 1.0
   transform = jax.jit(augment.device_transform(data, num_classes=8))
-  batch = _one_hot_batch()
+  # Sharded over the data axis of the project's (explicit) mesh, as in the train step.
+  batch = parallel.to_global({k: np.asarray(v) for k, v in _one_hot_batch().items()},
+                             parallel.make_mesh())
   out = transform(batch, jax.random.key(0))
   targets = np.asarray(out["targets"])
   np.testing.assert_allclose(targets.sum(1), 1.0, atol=1e-6)

@@ -8,11 +8,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from conftest import run_module, tiny_config
+from conftest import run_module
 from prepare_data import CLASSES, good_image, rotated_expected, write_messy_folder
 from vision.data import audit, prepare
 from vision.data.sources import SourceError, open_dataset
-from vision.train import loop
 
 LIMITS = audit.Limits(max_pixels=5000, min_size=10, near_duplicate_distance=4)
 
@@ -130,16 +129,26 @@ def test_bad_sources_are_one_line_errors(tmp_path, messy):
 
 
 @pytest.mark.slow
-def test_prepare_cli_then_train_on_prepared(tmp_path, messy):
+def test_prepare_cli_then_fashion_mnist_config_trains_on_prepared(tmp_path, messy):
+  """The issue's commands; training also switches on every imbalance and augmentation option."""
   root = messy[0]
   out = tmp_path / "prepared"
   result = run_module("experiments.prepare", f"--source=folder:{root}", f"--out={out}",
                       "--max_pixels=5000")
   assert "prepared:" in result.stdout and "truncated: 1" in result.stdout
-  config = tiny_config(f"prepared:{out}", steps=12)
-  config.data.image_size = 20  # the model's size; the 24-px and 18x24 images are resized
-  report = loop.train(config, tmp_path / "run")
+  workdir = tmp_path / "run"
+  overrides = {
+      "data.source": f"prepared:{out}", "train.batch_size": 32, "train.eval_batch_size": 32,
+      "train.num_steps": 8, "train.eval_every_steps": 8, "wandb.mode": "disabled",
+      "data.sampler": "balanced", "train.loss": "focal", "train.class_weights": "balanced",
+      "data.random_resized_crop": True, "data.rrc_scale": "(0.5,1.0)", "data.rotation": 15.0,
+      "data.color_jitter": 0.2, "data.randaugment_ops": 1, "data.mixup_alpha": 0.2,
+      "data.cutmix_alpha": 1.0}
+  result = run_module("experiments.train", "--config=configs/fashion_mnist.py",
+                      f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items()))
+  assert "test accuracy" in result.stdout
+  report = json.loads((workdir / "eval/test/report.json").read_text())
   assert report["class_names"] == list(CLASSES) and report["num_examples"] == 17
-  assert report["accuracy"] > 0.25
-  card = json.loads((tmp_path / "run/model_card.json").read_text())
-  assert card["image_size"] == 20 and card["channels"] == 3
+  card = json.loads((workdir / "model_card.json").read_text())
+  # Sizes vary (24x24, 18x24 after rotation): the median side, 24 px, RGB.
+  assert card["image_size"] == 24 and card["channels"] == 3 and card["num_classes"] == 4

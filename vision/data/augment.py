@@ -172,14 +172,22 @@ class HostAugment(grain.transforms.RandomMap):
 # ---------------------------------------------------------------- device ops
 
 
+def _partners(x: jax.Array, perm: jax.Array) -> jax.Array:
+  """`x[perm]` along the batch axis, keeping `x`'s sharding (explicit meshes need it said)."""
+  sharding = jax.typeof(x).sharding
+  if not any(getattr(sharding, "spec", None) or ()):
+    return x[perm]
+  return x.at[perm].get(out_sharding=sharding)
+
+
 def mixup(images: jax.Array, targets: jax.Array, rng: jax.Array,
           alpha: float) -> tuple[jax.Array, jax.Array]:
   """Each example blended with a partner from a permutation of the batch, lam ~ Beta(a, a)."""
   lam_rng, perm_rng = jax.random.split(rng)
   lam = jax.random.beta(lam_rng, alpha, alpha)
   perm = jax.random.permutation(perm_rng, images.shape[0])
-  mixed = lam * images + (1 - lam) * images[perm]
-  return mixed, lam * targets + (1 - lam) * targets[perm]
+  mixed = lam * images + (1 - lam) * _partners(images, perm)
+  return mixed, lam * targets + (1 - lam) * _partners(targets, perm)
 
 
 def cutmix(images: jax.Array, targets: jax.Array, rng: jax.Array,
@@ -196,9 +204,9 @@ def cutmix(images: jax.Array, targets: jax.Array, rng: jax.Array,
   rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
   box = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
   perm = jax.random.permutation(perm_rng, images.shape[0])
-  mixed = jnp.where(box[None, :, :, None], images[perm], images)
+  mixed = jnp.where(box[None, :, :, None], _partners(images, perm), images)
   kept = 1 - box.mean()
-  return mixed, kept * targets + (1 - kept) * targets[perm]
+  return mixed, kept * targets + (1 - kept) * _partners(targets, perm)
 
 
 def device_transform(data_config, num_classes: int):
