@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 
 import numpy as np
 import pytest
 
-from conftest import run_module
+from conftest import REPO, run_module
 from prepare_data import CLASSES, good_image, rotated_expected, write_messy_folder
 from vision.data import audit, prepare
 from vision.data.sources import SourceError, open_dataset
+from vision.train import loop
 
 LIMITS = audit.Limits(max_pixels=5000, min_size=10, near_duplicate_distance=4)
+
+
+def _fashion_mnist_config():
+  spec = importlib.util.spec_from_file_location("fmnist", REPO / "configs/fashion_mnist.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 @pytest.fixture(scope="module")
@@ -137,17 +146,21 @@ def test_prepare_cli_then_fashion_mnist_config_trains_on_prepared(tmp_path, mess
                       "--max_pixels=5000")
   assert "prepared:" in result.stdout and "truncated: 1" in result.stdout
   workdir = tmp_path / "run"
+  # As `experiments.train --config=configs/fashion_mnist.py --config.KEY=VALUE ...`, in-process
+  # to spare a second interpreter start (the train CLI's overrides are tested in test_train.py).
+  config = _fashion_mnist_config()
   overrides = {
       "data.source": f"prepared:{out}", "train.batch_size": 32, "train.eval_batch_size": 32,
       "train.num_steps": 8, "train.eval_every_steps": 8, "wandb.mode": "disabled",
       "data.sampler": "balanced", "train.loss": "focal", "train.class_weights": "balanced",
-      "data.random_resized_crop": True, "data.rrc_scale": "(0.5,1.0)", "data.rotation": 15.0,
+      "data.random_resized_crop": True, "data.rrc_scale": (0.5, 1.0), "data.rotation": 15.0,
       "data.color_jitter": 0.2, "data.randaugment_ops": 1, "data.mixup_alpha": 0.2,
       "data.cutmix_alpha": 1.0}
-  result = run_module("experiments.train", "--config=configs/fashion_mnist.py",
-                      f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items()))
-  assert "test accuracy" in result.stdout
-  report = json.loads((workdir / "eval/test/report.json").read_text())
+  for key, value in overrides.items():
+    group, name = key.split(".")
+    config[group][name] = value
+  report = loop.train(config, workdir)
+  assert report == json.loads((workdir / "eval/test/report.json").read_text())
   assert report["class_names"] == list(CLASSES) and report["num_examples"] == 17
   card = json.loads((workdir / "model_card.json").read_text())
   # Sizes vary (24x24, 18x24 after rotation): the median side, 24 px, RGB.

@@ -20,10 +20,12 @@ only ever read.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import csv
 import dataclasses
 import io
 import json
+import os
 import pathlib
 import struct
 from typing import Callable, Sequence
@@ -208,12 +210,16 @@ def list_source(source: str) -> Listing:
 # ------------------------------------------------------------------- records
 
 
-def encode_record(image: np.ndarray, header: dict) -> bytes:
-  """4-byte header length, the JSON header, then the image as PNG."""
+def encode_png(image: np.ndarray) -> bytes:
   buffer = io.BytesIO()
   Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+  return buffer.getvalue()
+
+
+def encode_record(png: bytes, header: dict) -> bytes:
+  """4-byte header length, the JSON header, then the image as PNG."""
   head = json.dumps(header).encode("utf-8")
-  return struct.pack("<I", len(head)) + head + buffer.getvalue()
+  return struct.pack("<I", len(head)) + head + png
 
 
 def decode_record(record: bytes) -> tuple[np.ndarray, dict]:
@@ -239,9 +245,14 @@ def _write_records(path: pathlib.Path, records: Sequence[bytes]) -> None:
 
 @dataclasses.dataclass
 class Kept:
+  """A usable image; held as PNG bytes, not pixels, so large datasets fit in memory."""
   item: Item
-  inspected: audit.Inspected
+  inspected: audit.Inspected  # its `image` is dropped once encoded
   split: str | None
+  png: bytes = b""
+  height: int = 0
+  width: int = 0
+  thumbnail: str | None = None
 
 
 def _check_output(out: pathlib.Path, listing: Listing) -> None:
@@ -327,7 +338,7 @@ def _drop_leakage(kept: list[Kept]) -> tuple[list[Kept], list[audit.Finding]]:
 
 def _size_hint(kept: Sequence[Kept]) -> int | None:
   """The training input size to default to: the median shorter side of the images."""
-  sides = [min(e.inspected.image.shape[:2]) for e in kept]
+  sides = [min(e.height, e.width) for e in kept]
   return int(np.median(sides)) if sides else None
 
 
@@ -338,15 +349,17 @@ def prepare(source: str, out: str, options: PrepareOptions = PrepareOptions(),
   out_dir = pathlib.Path(out)
   _check_output(out_dir, listing)
   findings = list(listing.findings)
-  kept, decoded = [], {}
-  for number, item in enumerate(listing.items, start=1):
-    inspected = audit.inspect_file(item.path, options.limits)
-    findings += inspected.findings
-    if inspected.image is not None:
-      kept.append(Kept(item, inspected, item.split))
-      decoded[item.path] = inspected.image
-    if progress:
-      progress(number, len(listing.items))
+  kept = []
+  # Decoding and PNG encoding release the GIL: threads keep every core busy.
+  with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+    inspected_items = pool.map(lambda item: _inspect(item, options.limits), listing.items)
+    for number, (inspected, entry) in enumerate(inspected_items, start=1):
+      findings += inspected.findings
+      if entry is not None:
+        kept.append(entry)
+      if progress:
+        progress(number, len(listing.items))
+  kept_before_dedupe = list(kept)
   kept, duplicate_findings = _drop_conflicts_and_copies(kept)
   if not kept:
     raise SourceError(f"no usable images in {source}: every file was excluded "
@@ -361,7 +374,7 @@ def prepare(source: str, out: str, options: PrepareOptions = PrepareOptions(),
   out_dir.mkdir(parents=True, exist_ok=True)
   metadata = _write_dataset(out_dir, source, listing.class_names, kept)
   report = _audit_report(source, listing, kept, findings, metadata)
-  thumbnails = _thumbnails(decoded, findings)
+  thumbnails = _thumbnails(kept_before_dedupe, findings)
   audit.write_audit(out_dir, report, thumbnails)
   return report
 
@@ -379,9 +392,8 @@ def _write_dataset(out: pathlib.Path, source: str, class_names: tuple[str, ...],
     for k in members:
       header = {"path": k.item.path, "labels": [index[l] for l in k.item.labels],
                 "sha256": k.inspected.sha256}
-      records.append(encode_record(k.inspected.image, header))
-      height, width = k.inspected.image.shape[:2]
-      rows.append({**header, "width": width, "height": height, "phash": k.inspected.phash})
+      records.append(encode_record(k.png, header))
+      rows.append({**header, "width": k.width, "height": k.height, "phash": k.inspected.phash})
     _write_records(out / f"{split}.array_record", records)
     counts = collections.Counter(l for k in members for l in k.item.labels)
     stats = audit.class_statistics({name: counts.get(name, 0) for name in class_names})
@@ -416,7 +428,25 @@ def _audit_report(source: str, listing: Listing, kept: list[Kept],
   }
 
 
-def _thumbnails(decoded: dict[str, np.ndarray], findings: list[audit.Finding]) -> dict[str, str]:
-  """Thumbnails of the files with findings that could be decoded (excluded copies included)."""
+def _inspect(item: Item, limits: audit.Limits) -> tuple[audit.Inspected, Kept | None]:
+  inspected = audit.inspect_file(item.path, limits)
+  image = inspected.image
+  if image is None:
+    return inspected, None
+  entry = Kept(item, inspected, item.split, encode_png(image), image.shape[0], image.shape[1],
+               audit.thumbnail_uri(image) if inspected.findings else None)
+  inspected.image = None
+  return inspected, entry
+
+
+def _thumbnails(kept: list[Kept], findings: list[audit.Finding]) -> dict[str, str]:
+  """Thumbnails of the decodable files with findings (excluded copies included)."""
   flagged = {f.path for f in findings}
-  return {path: audit.thumbnail_uri(image) for path, image in decoded.items() if path in flagged}
+  thumbnails = {}
+  for entry in kept:
+    if entry.item.path in flagged:
+      if entry.thumbnail is None:  # a duplicate: flagged after inspection
+        with Image.open(io.BytesIO(entry.png)) as image:
+          entry.thumbnail = audit.thumbnail_uri(np.asarray(image.convert("RGB")))
+      thumbnails[entry.item.path] = entry.thumbnail
+  return thumbnails
