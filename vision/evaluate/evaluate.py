@@ -84,6 +84,11 @@ def evaluate_workdir(workdir: str | os.PathLike, split: str = "test", *,
   config = config_lib.load_resolved(workdir)
   model, card = load_model(workdir, which=which)
   dataset, _ = open_from_config(config.data)
+  if dataset.multi_label:
+    raise config_lib.ConfigError(
+        f"{workdir} was trained on multi-label data; its report with tuned thresholds is "
+        f"{workdir}/eval/test/report.json, written when training ends (this scores single-label "
+        "models)")
   records = dataset.split(split)
   records = limit_examples(records, config.data.max_eval_examples)
   mesh = parallel.make_mesh()
