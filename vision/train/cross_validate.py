@@ -151,7 +151,8 @@ def label_issues(labels: np.ndarray, oof: np.ndarray) -> tuple[np.ndarray, np.nd
   """(ranked indices of cleanlab's likely label errors, label-quality score of every example)."""
   scores = cleanlab.rank.get_label_quality_scores(labels, oof)
   ranked = cleanlab.filter.find_label_issues(labels, oof,
-                                             return_indices_ranked_by="self_confidence")
+                                             return_indices_ranked_by="self_confidence",
+                                             n_jobs=1)  # no fork() inside a JAX process
   return np.asarray(ranked, np.int64), scores
 
 
