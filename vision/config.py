@@ -108,6 +108,10 @@ def defaults() -> ml_collections.ConfigDict:
   c.model.hidden = 128
   # ResNet stem: 'auto' picks the small-image stem below 64 px.
   c.model.stem = "auto"
+  # How convolutions are lowered: 'matmul' (im2col matmuls, fast on XLA:CPU), 'lax'
+  # (lax.conv, for GPU/TPU) or 'auto' (matmul on the CPU backend, lax elsewhere).
+  # Parameters are the same either way; see vision/models/layers.py.
+  c.model.conv_impl = "auto"
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
@@ -186,6 +190,7 @@ _CHOICES = {
     "data.sampler": ("shuffle", "balanced"),
     "train.loss": ("cross_entropy", "focal"),
     "train.class_weights": ("none", "balanced"),
+    "model.conv_impl": ("auto", "matmul", "lax"),
 }
 
 

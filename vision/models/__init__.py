@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from vision.config import ConfigError
+from vision.models import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,8 @@ class ModelOptions:
   widths: tuple[int, ...] = (32, 64)
   hidden: int = 128
   stem: str = "auto"
+  # How convolutions are lowered: 'auto', 'matmul' or 'lax' (see vision/models/layers.py).
+  conv_impl: str = "auto"
 
   @property
   def compute_dtype(self):
@@ -60,7 +63,10 @@ def create_model(name: str, options: ModelOptions, *, rngs: nnx.Rngs) -> nnx.Mod
   if name not in MODELS:
     raise ConfigError(
         f"config key 'model.name' is {name!r}; known models: {', '.join(sorted(MODELS))}")
-  return MODELS[name](options, rngs)
+  if options.conv_impl not in layers.CONV_IMPLS:
+    raise ConfigError(f"config key 'model.conv_impl' is {options.conv_impl!r}; expected one of "
+                      f"{', '.join(layers.CONV_IMPLS)}")
+  return layers.set_conv_impl(MODELS[name](options, rngs), options.conv_impl)
 
 
 # Importing the families fills MODELS.

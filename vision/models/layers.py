@@ -2,14 +2,190 @@
 
     from vision.models.layers import Conv
     conv = Conv(3, 64, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, rngs=nnx.Rngs(0))
+    set_conv_impl(model, "matmul")        # or "lax", or "auto" (the default)
 
 `Conv` is the framework's convolution: every model builds its convolutions from
-it (never from `nnx.Conv` directly), so that how a convolution is lowered can be
-chosen in one place per backend. It takes `nnx.Conv`'s constructor arguments
-and holds the same parameters (`kernel` [kh, kw, in/groups, out] and `bias`),
-so checkpoints do not depend on the lowering.
+it (never from `nnx.Conv` directly), so that how a convolution is lowered is
+chosen in one place. It is an `nnx.Conv` (same constructor arguments, same
+parameters: `kernel` [kh, kw, in/groups, out] and `bias`), so checkpoints do not
+depend on the lowering. Only the lowering differs, picked by `conv_impl`:
+
+  * "lax": `lax.conv_general_dilated`, what XLA runs best on GPU and TPU;
+  * "matmul": the convolution written as matrix products, which XLA:CPU runs
+    several times faster than its own convolution, the backward pass above
+    all: shifted (strided, dilated) slices of the padded input concatenated
+    into patches and one matmul (im2col); a reshape instead of slices for
+    non-overlapping patches (ViT's 16×16/16); a strided slice for 1×1; and, for
+    depthwise convolutions, a sum of shifted slices times per-channel weights
+    (no matmul, so no k² wasted multiplies by zero);
+  * "auto" (default): "matmul" when the default backend at trace time is the
+    CPU, else "lax".
+
+Configs choose it with `model.conv_impl`; `create_model` applies it to every
+`Conv` of a model through `set_conv_impl`. What "matmul" does not cover (1-D
+or 3-D convolutions, input dilation, other dimension orders) uses `lax` either way.
 """
 
-from flax import nnx
+from __future__ import annotations
 
-Conv = nnx.Conv
+import dataclasses
+from typing import Sequence
+
+from flax import nnx
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+CONV_IMPLS = ("auto", "matmul", "lax")
+
+_NHWC_HWIO = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+
+
+def _check_impl(impl: str) -> str:
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl is {impl!r}; expected one of {', '.join(CONV_IMPLS)}")
+  return impl
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """'auto' → 'matmul' on the CPU backend, 'lax' elsewhere; others unchanged."""
+  if _check_impl(impl) != "auto":
+    return impl
+  return "matmul" if jax.default_backend() == "cpu" else "lax"
+
+
+def _pads(padding, spatial: Sequence[int], window: Sequence[int],
+          strides: Sequence[int]) -> list[tuple[int, int]]:
+  if isinstance(padding, str):
+    return [tuple(p) for p in lax.padtype_to_pads(spatial, window, strides, padding)]
+  return [tuple(p) for p in padding]
+
+
+def _patch_slices(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[int],
+                  dilation: Sequence[int], out_size: Sequence[int]) -> list[jax.Array]:
+  """One [B, Ho, Wo, C] slice of the padded input per kernel tap, in (kh, kw) order."""
+  (kh, kw), (sh, sw), (dh, dw), (ho, wo) = kernel_size, strides, dilation, out_size
+  batch, channels = x.shape[0], x.shape[3]
+  return [lax.slice(x, (0, i * dh, j * dw, 0),
+                    (batch, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, channels),
+                    (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+
+
+def _patchify(x: jax.Array, patch: Sequence[int], out_size: Sequence[int]) -> jax.Array:
+  """Non-overlapping patches [B, Ho, Wo, ph*pw*C] by a reshape: no slices at all."""
+  (ph, pw), (ho, wo) = patch, out_size
+  batch, channels = x.shape[0], x.shape[3]
+  x = x[:, :ho * ph, :wo * pw]
+  x = x.reshape(batch, ho, ph, wo, pw, channels).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(batch, ho, wo, ph * pw * channels)
+
+
+def _depthwise(taps: list[jax.Array], kernel: jax.Array, multiplier: int) -> jax.Array:
+  """Σ_t tap_t · kernel[t] per channel; output channel o reads input channel o // multiplier."""
+  weights = kernel.reshape(len(taps), -1)  # [taps, out]
+  total = None
+  for index, tap in enumerate(taps):
+    if multiplier > 1:
+      tap = jnp.repeat(tap, multiplier, axis=-1)
+    term = tap * weights[index]
+    total = term if total is None else total + term
+  return total
+
+
+def _contract(patches: jax.Array, kernel: jax.Array, groups: int, precision,
+              preferred_element_type) -> jax.Array:
+  """patches [B, Ho, Wo, T·Cin] (tap-major) times kernel [kh, kw, Cin/groups, Cout]."""
+  *_, in_per_group, out = kernel.shape
+  batch_shape = patches.shape[:3]
+  if groups == 1:
+    y = lax.dot_general(patches.reshape(-1, patches.shape[-1]), kernel.reshape(-1, out),
+                        (((1,), (0,)), ((), ())), precision=precision,
+                        preferred_element_type=preferred_element_type)
+    return y.reshape(*batch_shape, out)
+  taps = patches.shape[-1] // (groups * in_per_group)
+  lhs = patches.reshape(-1, taps, groups, in_per_group)
+  rhs = kernel.reshape(taps, in_per_group, groups, out // groups)
+  # Contract (tap, channel) with the group as a batch dimension: [G, N, O/G].
+  y = lax.dot_general(lhs, rhs, (((1, 3), (0, 1)), ((2,), (2,))), precision=precision,
+                      preferred_element_type=preferred_element_type)
+  return y.transpose(1, 0, 2).reshape(*batch_shape, out)
+
+
+def matmul_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding, *,
+                rhs_dilation: Sequence[int] | None = None, feature_group_count: int = 1,
+                precision=None, preferred_element_type=None) -> jax.Array:
+  """A 2-D NHWC × HWIO convolution as `lax.conv_general_dilated` computes it, from matmuls."""
+  kh, kw, in_per_group, out = rhs.shape
+  dilation = tuple(rhs_dilation or (1, 1))
+  strides = tuple(window_strides)
+  window = ((kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1)
+  pads = _pads(padding, lhs.shape[1:3], window, strides)
+  if any(pads[0] + pads[1]):
+    lhs = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                  ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+  out_size = tuple((lhs.shape[1 + d] - window[d]) // strides[d] + 1 for d in range(2))
+  groups = feature_group_count
+  if in_per_group == 1 and groups > 1:
+    taps = _patch_slices(lhs, (kh, kw), strides, dilation, out_size)
+    y = _depthwise(taps, rhs, out // groups)
+    return y if preferred_element_type is None else y.astype(preferred_element_type)
+  if (kh, kw) == strides and dilation == (1, 1):
+    patches = _patchify(lhs, (kh, kw), out_size)
+  else:
+    taps = _patch_slices(lhs, (kh, kw), strides, dilation, out_size)
+    patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  return _contract(patches, rhs, groups, precision, preferred_element_type)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvLowering:
+  """`nnx.Conv`'s `conv_general_dilated` hook: lax or matmuls, decided at trace time."""
+  impl: str = "auto"
+
+  def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+               dimension_numbers=None, feature_group_count=1, precision=None,
+               preferred_element_type=None, out_sharding=None, **kwargs) -> jax.Array:
+    lax_kwargs = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                      dimension_numbers=dimension_numbers,
+                      feature_group_count=feature_group_count, precision=precision,
+                      preferred_element_type=preferred_element_type, **kwargs)
+    if out_sharding is not None:
+      lax_kwargs["out_sharding"] = out_sharding
+    matmul_fits = (resolve_conv_impl(self.impl) == "matmul" and lhs.ndim == 4
+                   and dimension_numbers == _NHWC_HWIO and not kwargs
+                   and tuple(lhs_dilation or (1, 1)) == (1, 1) and out_sharding is None)
+    if not matmul_fits:
+      return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **lax_kwargs)
+    return matmul_conv(lhs, rhs, window_strides, padding, rhs_dilation=rhs_dilation,
+                       feature_group_count=feature_group_count, precision=precision,
+                       preferred_element_type=preferred_element_type)
+
+
+class Conv(nnx.Conv):
+  """`nnx.Conv` with a choice of lowering; `conv_impl` is 'auto', 'matmul' or 'lax'.
+
+  Takes every `nnx.Conv` argument (except `conv_general_dilated`, which
+  `conv_impl` sets) and holds the same parameters.
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size, strides=1, *,
+               conv_impl: str = "auto", **kwargs):
+    super().__init__(in_features, out_features, kernel_size, strides,
+                     conv_general_dilated=ConvLowering(_check_impl(conv_impl)), **kwargs)
+
+  @property
+  def conv_impl(self) -> str:
+    return self.conv_general_dilated.impl
+
+  def set_conv_impl(self, impl: str) -> None:
+    self.conv_general_dilated = ConvLowering(_check_impl(impl))
+
+
+def set_conv_impl(model: nnx.Module, impl: str) -> nnx.Module:
+  """Sets the lowering of every `Conv` inside `model` ('auto', 'matmul' or 'lax'); returns it."""
+  _check_impl(impl)
+  for _, module in nnx.iter_graph(model):
+    if isinstance(module, Conv):
+      module.set_conv_impl(impl)
+  return model

@@ -87,10 +87,11 @@ def build_model(config: ml_collections.ConfigDict, dataset: Dataset,
   options = ModelOptions(
       num_classes=num_classes, in_channels=spec.channels, image_size=spec.size,
       dtype=config.model.dtype, dropout=config.model.dropout, drop_path=config.model.drop_path,
-      widths=tuple(config.model.widths), hidden=config.model.hidden, stem=config.model.stem)
+      widths=tuple(config.model.widths), hidden=config.model.hidden, stem=config.model.stem,
+      conv_impl=config.model.conv_impl)
   model = create_model(config.model.name, options, rngs=nnx.Rngs(config.seed))
   model_options = {k: v for k, v in dataclasses.asdict(options).items()
-                   if k not in ("num_classes", "in_channels", "image_size")}
+                   if k not in ("num_classes", "in_channels", "image_size", "conv_impl")}
   card = checkpoint_lib.ModelCard(
       arch=config.model.name, num_classes=num_classes, class_names=class_names,
       image_size=spec.size, channels=spec.channels, mean=spec.mean, std=spec.std,

@@ -1,0 +1,118 @@
+"""layers.Conv: the matmul lowering equals lax.conv, outputs and gradients, for every zoo shape."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from vision.config import ConfigError
+from vision.models import ModelOptions, create_model, layers
+
+# (name, height, width, in, out, kernel, stride, padding, groups, dilation)
+ZOO_SHAPES = [
+    ("3x3 s1 explicit", 8, 8, 5, 7, 3, 1, ((1, 1), (1, 1)), 1, 1),
+    ("3x3 s2 SAME odd", 9, 11, 4, 6, 3, 2, "SAME", 1, 1),
+    ("1x1 s1", 6, 6, 8, 5, 1, 1, "VALID", 1, 1),
+    ("1x1 s2 odd", 7, 9, 6, 4, 1, 2, ((0, 0), (0, 0)), 1, 1),
+    ("7x7 s2 ResNet stem", 15, 15, 3, 8, 7, 2, ((3, 3), (3, 3)), 1, 1),
+    ("depthwise 3x3 s1", 8, 8, 6, 6, 3, 1, "SAME", 6, 1),
+    ("depthwise 3x3 s2 odd", 9, 9, 6, 6, 3, 2, ((1, 1), (1, 1)), 6, 1),
+    ("depthwise 5x5 s1", 9, 9, 4, 4, 5, 1, "SAME", 4, 1),
+    ("depthwise 5x5 s2", 10, 10, 4, 4, 5, 2, "SAME", 4, 1),
+    ("depthwise 7x7 ConvNeXt", 9, 9, 4, 4, 7, 1, ((3, 3), (3, 3)), 4, 1),
+    ("depthwise multiplier 2", 8, 8, 3, 6, 3, 1, "SAME", 3, 1),
+    ("4x4 s4 patchify", 16, 16, 3, 8, 4, 4, "VALID", 1, 1),
+    ("16x16 s16 patchify, ragged", 34, 32, 3, 8, 16, 16, "VALID", 1, 1),
+    ("grouped 3x3", 8, 8, 8, 6, 3, 1, "SAME", 2, 1),
+    ("asymmetric explicit padding", 7, 8, 3, 4, 3, 1, ((0, 2), (1, 0)), 1, 1),
+    ("VALID 3x3 s2 odd", 11, 9, 3, 4, 3, 2, "VALID", 1, 1),
+    ("dilated 3x3", 10, 10, 3, 4, 3, 1, "SAME", 1, 2),
+]
+
+
+def _conv(impl, inputs, outputs, kernel, stride, padding, groups, dilation):
+  return layers.Conv(inputs, outputs, (kernel, kernel), (stride, stride), padding=padding,
+                     feature_group_count=groups, kernel_dilation=dilation,
+                     precision="highest", conv_impl=impl, rngs=nnx.Rngs(0))
+
+
+def _output_and_grads(conv, x):
+  """The output and the gradients of a fixed, position-dependent weighting of it."""
+  graphdef, params = nnx.split(conv)
+
+  def loss(params, x):
+    y = nnx.merge(graphdef, params)(x)
+    return (y * jnp.sin(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape))).sum(), y
+
+  (_, y), (grads, dx) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
+  return y, dx, grads["kernel"][...], grads["bias"][...]
+
+
+def _assert_close(actual, expected, what):
+  scale = float(jnp.abs(expected).max())
+  error = float(jnp.abs(actual - expected).max())
+  assert error <= 1e-5 * scale, f"{what}: max error {error:.3g} vs scale {scale:.3g}"
+
+
+@pytest.mark.parametrize("case", ZOO_SHAPES, ids=[c[0] for c in ZOO_SHAPES])
+def test_matmul_conv_equals_lax_conv_with_gradients(case):
+  _, height, width, inputs, outputs, kernel, stride, padding, groups, dilation = case
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((2, height, width, inputs)),
+                  jnp.float32)
+  convs = [_conv(impl, inputs, outputs, kernel, stride, padding, groups, dilation)
+           for impl in ("lax", "matmul")]
+  for conv in convs:
+    conv.bias[...] = jnp.linspace(-1, 1, outputs)
+  # Both lowerings in one compiled program: one compile per case keeps the test fast.
+  want, got = jax.jit(lambda x: [_output_and_grads(conv, x) for conv in convs])(x)
+  for what, got_one, want_one in zip(("output", "d input", "d kernel", "d bias"), got, want):
+    assert got_one.shape == want_one.shape, what
+    _assert_close(got_one, want_one, what)
+
+
+def test_same_signature_and_parameters_as_nnx_conv():
+  ours = layers.Conv(4, 8, (3, 3), 2, padding="SAME", feature_group_count=2, use_bias=True,
+                     dtype=jnp.float32, param_dtype=jnp.float32,
+                     kernel_init=nnx.initializers.ones, bias_init=nnx.initializers.zeros,
+                     rngs=nnx.Rngs(0))
+  theirs = nnx.Conv(4, 8, (3, 3), 2, padding="SAME", feature_group_count=2, use_bias=True,
+                    kernel_init=nnx.initializers.ones, rngs=nnx.Rngs(0))
+  assert isinstance(ours, nnx.Conv)
+  ours_state, theirs_state = nnx.state(ours, nnx.Param), nnx.state(theirs, nnx.Param)
+  assert jax.tree.map(jnp.shape, ours_state) == jax.tree.map(jnp.shape, theirs_state)
+  assert ours.kernel.shape == (3, 3, 2, 8)
+
+
+def test_auto_follows_the_backend_and_unknown_impl_is_a_config_error():
+  assert layers.resolve_conv_impl("auto") == (
+      "matmul" if jax.default_backend() == "cpu" else "lax")
+  assert layers.resolve_conv_impl("lax") == "lax"
+  with pytest.raises(ConfigError, match="'model.conv_impl' is 'fast'"):
+    create_model("small_cnn", ModelOptions(10, 1, 28, conv_impl="fast"), rngs=nnx.Rngs(0))
+
+
+def test_a_checkpoint_moves_between_implementations(tmp_path):
+  options = ModelOptions(num_classes=5, in_channels=3, image_size=8, widths=(4, 8), hidden=8)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3)), jnp.float32)
+  trained = create_model("small_cnn", dataclasses.replace(options, conv_impl="matmul"),
+                         rngs=nnx.Rngs(1))
+  assert all(c.conv_impl == "matmul" for _, c in nnx.iter_graph(trained)
+             if isinstance(c, layers.Conv))
+  trained.eval()
+  expected = trained(x)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "ckpt", nnx.state(trained))
+  checkpointer.wait_until_finished()
+  fresh = create_model("small_cnn", dataclasses.replace(options, conv_impl="lax"),
+                       rngs=nnx.Rngs(2))
+  fresh.eval()
+  nnx.update(fresh, checkpointer.restore(tmp_path / "ckpt", nnx.state(fresh)))
+  _assert_close(fresh(x), expected, "logits after moving matmul → lax")
+  layers.set_conv_impl(fresh, "matmul")
+  _assert_close(fresh(x), expected, "logits after switching back to matmul")
