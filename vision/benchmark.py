@@ -1,7 +1,7 @@
 """Training-speed benchmark: JAX train step vs the matmul peak, grain, and PyTorch eager.
 
-    results = run_benchmark(BenchmarkOptions(model="resnet18", batch_size=128, image_size=32))
-    results["jax_images_per_s"], results["achieved_flops"] / results["peak_flops"]
+    results = run_benchmark(BenchmarkOptions())             # the suite, or model="resnet18"
+    row = results["rows"][0]     # jax_images_per_s, fraction_of_peak, jax_vs_torch, ...
 
 All figures come from one process, one after the other, so their ratios are
 meaningful on a shared, noisy machine even when the absolute numbers drift.
@@ -23,13 +23,36 @@ import optax
 from vision import parallel
 from vision.data import pipeline
 from vision.data.sources import ArraySource
-from vision.models import ModelOptions, create_model
+from vision.models import MODELS, ModelOptions, create_model
+from vision.models.layers import resolve_conv_impl
 from vision.train.step import Steps
 
 
 @dataclasses.dataclass(frozen=True)
+class Workload:
+  """One benchmarked architecture and input: what a row of the table measures."""
+  model: str
+  image_size: int = 32
+  channels: int = 3
+  widths: tuple[int, ...] = (32, 64)
+  hidden: int = 128
+
+
+# The default suite: the quickstart's small CNN (configs/fashion_mnist.py's widths
+# and input) and, at 32×32, ResNet-18 with the small-image stem and the zoo's
+# mobile and transformer baselines when they are registered.
+SUITE = (
+    Workload("small_cnn", 28, 1, widths=(24, 48, 96), hidden=128),
+    Workload("resnet18", 32, 3),
+    Workload("mobilenet_v2", 32, 3),
+    Workload("vit_ti16", 32, 3),
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class BenchmarkOptions:
-  model: str = "resnet18"
+  """`model=None` runs the `SUITE` (the models that exist); a name runs that model alone."""
+  model: str | None = None
   batch_size: int = 128
   image_size: int = 32
   channels: int = 3
@@ -37,6 +60,13 @@ class BenchmarkOptions:
   steps: int = 5
   matmul_size: int = 4096
   torch: bool = True
+  # Also time the train step with conv_impl='lax' (XLA's own convolution).
+  compare_lax: bool = True
+
+  def workloads(self) -> list[Workload]:
+    if self.model is not None:
+      return [Workload(self.model, self.image_size, self.channels)]
+    return [w for w in SUITE if w.model in MODELS]
 
 
 def time_per_call(fn: Callable[[], object], repeats: int) -> float:
@@ -58,31 +88,37 @@ def matmul_peak_flops(size: int = 4096, repeats: int = 5) -> float:
   return 2 * size**3 / seconds
 
 
-def _random_batch(options: BenchmarkOptions, rng: np.random.Generator) -> dict[str, np.ndarray]:
-  shape = (options.batch_size, options.image_size, options.image_size, options.channels)
+def _random_batch(options: BenchmarkOptions, workload: Workload,
+                  rng: np.random.Generator) -> dict[str, np.ndarray]:
+  shape = (options.batch_size, workload.image_size, workload.image_size, workload.channels)
   return {"image": rng.standard_normal(shape, np.float32),
           "label": rng.integers(0, options.num_classes, options.batch_size).astype(np.int32)}
 
 
-def _jax_steps(options: BenchmarkOptions) -> tuple[Steps, jax.sharding.Mesh]:
-  model_options = ModelOptions(options.num_classes, options.channels, options.image_size)
-  model = create_model(options.model, model_options, rngs=nnx.Rngs(0))
+def _jax_steps(options: BenchmarkOptions, workload: Workload,
+               conv_impl: str) -> tuple[Steps, jax.sharding.Mesh]:
+  model_options = ModelOptions(options.num_classes, workload.channels, workload.image_size,
+                               widths=workload.widths, hidden=workload.hidden,
+                               conv_impl=conv_impl)
+  model = create_model(workload.model, model_options, rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
   mesh = parallel.make_mesh()
   return Steps.create(model, optimizer, mesh), mesh
 
 
-def jax_train_speed(options: BenchmarkOptions) -> dict[str, float]:
+def jax_train_speed(options: BenchmarkOptions, workload: Workload,
+                    conv_impl: str = "auto") -> dict[str, float]:
   """Images/s and achieved FLOP/s of the compiled train step on in-memory arrays."""
-  steps, mesh = _jax_steps(options)
-  batch = parallel.to_global(_random_batch(options, np.random.default_rng(0)), mesh)
+  steps, mesh = _jax_steps(options, workload, conv_impl)
+  batch = parallel.to_global(_random_batch(options, workload, np.random.default_rng(0)), mesh)
   rng = jax.random.key(0)
   state = steps.state
-  flops = steps.train.lower(state, batch, rng).compile().cost_analysis()["flops"]
+  train = steps.train.lower(state, batch, rng).compile()
+  flops = train.cost_analysis()["flops"]
 
   def one_step():
     nonlocal state
-    state, metrics = steps.train(state, batch, rng)
+    state, metrics = train(state, batch, rng)
     jax.block_until_ready(metrics)
 
   seconds = time_per_call(one_step, options.steps)
@@ -90,18 +126,18 @@ def jax_train_speed(options: BenchmarkOptions) -> dict[str, float]:
           "achieved_flops": float(flops) / seconds}
 
 
-def grain_fed_speed(options: BenchmarkOptions) -> float:
+def grain_fed_speed(options: BenchmarkOptions, workload: Workload) -> float:
   """Images/s of the same step fed by the grain pipeline (decode, augment, batch)."""
-  steps, mesh = _jax_steps(options)
+  steps, mesh = _jax_steps(options, workload, "auto")
   count = options.batch_size * (options.steps + 2)
   rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (count, options.image_size, options.image_size, options.channels),
-                        dtype=np.uint8)
+  images = rng.integers(
+      0, 256, (count, workload.image_size, workload.image_size, workload.channels), np.uint8)
   records = ArraySource(images, rng.integers(0, options.num_classes, count))
   data_config = ml_collections.ConfigDict(
       {"crop_padding": 4, "flip": True, "worker_count": 0})
-  spec = pipeline.ImageSpec(options.image_size, options.channels,
-                            (0.5,) * options.channels, (0.5,) * options.channels)
+  spec = pipeline.ImageSpec(workload.image_size, workload.channels,
+                            (0.5,) * workload.channels, (0.5,) * workload.channels)
   loader = pipeline.train_iterator(records, data_config, spec,
                                    batch_size=options.batch_size, seed=0)
   state, key = steps.state, jax.random.key(0)
@@ -114,18 +150,23 @@ def grain_fed_speed(options: BenchmarkOptions) -> float:
   return options.batch_size / time_per_call(one_step, options.steps)
 
 
-def torch_train_speed(options: BenchmarkOptions) -> float | None:
-  """Images/s of the same architecture's train step in PyTorch eager, if torch is installed."""
+def torch_train_speed(options: BenchmarkOptions, workload: Workload) -> float | None:
+  """Images/s of the same architecture's train step in PyTorch eager, if torch and a twin exist."""
   try:
     import torch  # pylint: disable=import-outside-toplevel
+    from vision.torch_reference import make_torch_model  # pylint: disable=import-outside-toplevel
   except ImportError:
     return None
-  from vision.torch_reference import make_torch_model  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
-  model = make_torch_model(options.model, options.num_classes, options.channels,
-                           options.image_size).train()
+  try:
+    model = make_torch_model(workload.model, options.num_classes, workload.channels,
+                             workload.image_size, widths=workload.widths,
+                             hidden=workload.hidden).train()
+  except ValueError:  # no PyTorch twin for this model
+    return None
   optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-  images = torch.randn(options.batch_size, options.channels, options.image_size, options.image_size)
+  images = torch.randn(options.batch_size, workload.channels, workload.image_size,
+                       workload.image_size)
   labels = torch.randint(0, options.num_classes, (options.batch_size,))
 
   def one_step():
@@ -137,40 +178,70 @@ def torch_train_speed(options: BenchmarkOptions) -> float | None:
   return options.batch_size / time_per_call(one_step, options.steps)
 
 
-def run_benchmark(options: BenchmarkOptions) -> dict[str, float | None | str]:
-  peak = matmul_peak_flops(options.matmul_size)
-  jax_speed = jax_train_speed(options)
-  grain_speed = grain_fed_speed(options)
-  torch_speed = torch_train_speed(options) if options.torch else None
-  results = {
-      "model": options.model, "batch_size": options.batch_size,
-      "image_size": options.image_size, "devices": jax.device_count(),
-      "backend": jax.default_backend(),
+def _measure(options: BenchmarkOptions, workload: Workload, peak: float) -> dict:
+  jax_speed = jax_train_speed(options, workload)
+  lax_speed = (jax_train_speed(options, workload, "lax")["jax_images_per_s"]
+               if options.compare_lax else None)
+  torch_speed = torch_train_speed(options, workload) if options.torch else None
+  images_per_s = jax_speed["jax_images_per_s"]
+  return {
+      "model": workload.model, "image_size": workload.image_size,
+      "channels": workload.channels,
+      "conv_impl": resolve_conv_impl("auto"),
       **jax_speed,
-      "peak_flops": peak,
       "fraction_of_peak": jax_speed["achieved_flops"] / peak,
+      "lax_images_per_s": lax_speed,
+      "conv_impl_vs_lax": images_per_s / lax_speed if lax_speed else None,
+      "torch_images_per_s": torch_speed,
+      # PyTorch runs the same architecture, so it does the same FLOPs per image.
+      "torch_fraction_of_peak": (jax_speed["step_flops"] / options.batch_size * torch_speed / peak
+                                 if torch_speed else None),
+      "jax_vs_torch": images_per_s / torch_speed if torch_speed else None,
+  }
+
+
+def run_benchmark(options: BenchmarkOptions) -> dict:
+  """Every figure from one process. Top-level model keys repeat the first row's (`rows[0]`)."""
+  workloads = options.workloads()
+  peak = matmul_peak_flops(options.matmul_size)
+  rows = [_measure(options, workload, peak) for workload in workloads]
+  # The pipeline overhead on the first workload: the quickstart's, where steps are shortest.
+  grain_speed = grain_fed_speed(options, workloads[0])
+  return {
+      **rows[0],
+      "batch_size": options.batch_size, "devices": jax.device_count(),
+      "backend": jax.default_backend(),
+      "peak_flops": peak,
       "grain_images_per_s": grain_speed,
       # The share of training time the input pipeline adds.
-      "pipeline_overhead": max(0.0, 1.0 - grain_speed / jax_speed["jax_images_per_s"]),
-      "torch_images_per_s": torch_speed,
-      "jax_vs_torch": jax_speed["jax_images_per_s"] / torch_speed if torch_speed else None,
+      "pipeline_overhead": max(0.0, 1.0 - grain_speed / rows[0]["jax_images_per_s"]),
+      "rows": rows,
   }
-  return results
+
+
+def _ratio(value: float | None, suffix: str = "x") -> str:
+  return f"{value:.2f}{suffix}" if value else "-"
 
 
 def format_results(results: dict) -> str:
-  lines = [f"model {results['model']}, batch {results['batch_size']}, "
-           f"{results['image_size']}x{results['image_size']}, fp32, "
-           f"{results['devices']} {results['backend']} device(s)"]
-  lines.append(f"  JAX train step        {results['jax_images_per_s']:8.1f} images/s")
-  lines.append(f"  achieved / peak       {results['achieved_flops'] / 1e9:8.1f} / "
-               f"{results['peak_flops'] / 1e9:.1f} GFLOP/s ({100 * results['fraction_of_peak']:.0f}%)")
-  lines.append(f"  fed by grain          {results['grain_images_per_s']:8.1f} images/s "
+  lines = [f"batch {results['batch_size']}, fp32, {results['devices']} {results['backend']} "
+           f"device(s); matmul peak {results['peak_flops'] / 1e9:.1f} GFLOP/s; "
+           f"conv_impl auto = {results['conv_impl']}",
+           f"{'model':<22}{'JAX img/s':>10}{'of peak':>9}{'lax img/s':>11}{'JAX/lax':>9}"
+           f"{'PyTorch img/s':>15}{'of peak':>9}{'JAX/PyTorch':>13}"]
+  for row in results["rows"]:
+    name = f"{row['model']} {row['image_size']}x{row['image_size']}x{row['channels']}"
+    lax_speed = f"{row['lax_images_per_s']:.1f}" if row["lax_images_per_s"] else "-"
+    torch_speed = f"{row['torch_images_per_s']:.1f}" if row["torch_images_per_s"] else "-"
+    torch_peak = (f"{100 * row['torch_fraction_of_peak']:.0f}%"
+                  if row["torch_fraction_of_peak"] else "-")
+    lines.append(f"{name:<22}{row['jax_images_per_s']:>10.1f}"
+                 f"{100 * row['fraction_of_peak']:>8.0f}%{lax_speed:>11}"
+                 f"{_ratio(row['conv_impl_vs_lax']):>9}{torch_speed:>15}{torch_peak:>9}"
+                 f"{_ratio(row['jax_vs_torch']):>13}")
+  lines.append(f"fed by grain ({results['rows'][0]['model']}): "
+               f"{results['grain_images_per_s']:.1f} images/s "
                f"(pipeline overhead {100 * results['pipeline_overhead']:.1f}%)")
-  if results["torch_images_per_s"]:
-    lines.append(f"  PyTorch eager         {results['torch_images_per_s']:8.1f} images/s "
-                 f"(JAX/PyTorch = {results['jax_vs_torch']:.2f}x)")
-  else:
-    lines.append("  PyTorch eager         not measured (pip install '.[torch]')")
+  if not any(row["torch_images_per_s"] for row in results["rows"]):
+    lines.append("PyTorch eager not measured (pip install '.[torch]')")
   return "\n".join(lines)
-
