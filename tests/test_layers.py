@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from vision import parallel
 from vision.config import ConfigError
 from vision.models import ModelOptions, create_model, layers
 
@@ -42,9 +43,8 @@ def _conv(impl, inputs, outputs, kernel, stride, padding, groups, dilation):
                      precision="highest", conv_impl=impl, rngs=nnx.Rngs(0))
 
 
-def _output_and_grads(conv, x):
+def _output_and_grads(graphdef, params, x):
   """The output and the gradients of a fixed, position-dependent weighting of it."""
-  graphdef, params = nnx.split(conv)
 
   def loss(params, x):
     y = nnx.merge(graphdef, params)(x)
@@ -63,14 +63,22 @@ def _assert_close(actual, expected, what):
 @pytest.mark.parametrize("case", ZOO_SHAPES, ids=[c[0] for c in ZOO_SHAPES])
 def test_matmul_conv_equals_lax_conv_with_gradients(case):
   _, height, width, inputs, outputs, kernel, stride, padding, groups, dilation = case
-  x = jnp.asarray(np.random.default_rng(1).standard_normal((2, height, width, inputs)),
-                  jnp.float32)
-  convs = [_conv(impl, inputs, outputs, kernel, stride, padding, groups, dilation)
-           for impl in ("lax", "matmul")]
-  for conv in convs:
+  # Sharded as in the train step: batch over the mesh (explicit sharding types), parameters
+  # replicated.
+  mesh = parallel.make_mesh()
+  x = parallel.to_global(
+      {"x": np.random.default_rng(1).standard_normal((2, height, width, inputs), np.float32)},
+      mesh)["x"]
+  splits = []
+  for impl in ("lax", "matmul"):
+    conv = _conv(impl, inputs, outputs, kernel, stride, padding, groups, dilation)
     conv.bias[...] = jnp.linspace(-1, 1, outputs)
+    graphdef, params = nnx.split(conv)
+    splits.append((graphdef, parallel.replicate(params, mesh)))
   # Both lowerings in one compiled program: one compile per case keeps the test fast.
-  want, got = jax.jit(lambda x: [_output_and_grads(conv, x) for conv in convs])(x)
+  want, got = jax.jit(lambda x, params: [
+      _output_and_grads(graphdef, p, x) for (graphdef, _), p in zip(splits, params)])(
+          x, [params for _, params in splits])
   for what, got_one, want_one in zip(("output", "d input", "d kernel", "d bias"), got, want):
     assert got_one.shape == want_one.shape, what
     _assert_close(got_one, want_one, what)

@@ -77,8 +77,9 @@ def _patchify(x: jax.Array, patch: Sequence[int], out_size: Sequence[int]) -> ja
   (ph, pw), (ho, wo) = patch, out_size
   batch, channels = x.shape[0], x.shape[3]
   x = x[:, :ho * ph, :wo * pw]
-  x = x.reshape(batch, ho, ph, wo, pw, channels).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(batch, ho, wo, ph * pw * channels)
+  # One axis split per reshape: the rule explicitly sharded arrays (the data axis) allow.
+  x = x.reshape(batch, ho, ph, wo * pw, channels).reshape(batch, ho, ph, wo, pw, channels)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, ho, wo, ph * pw * channels)
 
 
 def _depthwise(taps: list[jax.Array], kernel: jax.Array, multiplier: int) -> jax.Array:
@@ -95,21 +96,22 @@ def _depthwise(taps: list[jax.Array], kernel: jax.Array, multiplier: int) -> jax
 
 def _contract(patches: jax.Array, kernel: jax.Array, groups: int, precision,
               preferred_element_type) -> jax.Array:
-  """patches [B, Ho, Wo, T·Cin] (tap-major) times kernel [kh, kw, Cin/groups, Cout]."""
+  """patches [B, Ho, Wo, T·Cin] (tap-major) times kernel [kh, kw, Cin/groups, Cout].
+
+  The batch axis is never reshaped (it may be sharded): dot_general contracts
+  the last axis of the 4-D patches directly, which XLA lowers to one GEMM.
+  """
   *_, in_per_group, out = kernel.shape
-  batch_shape = patches.shape[:3]
   if groups == 1:
-    y = lax.dot_general(patches.reshape(-1, patches.shape[-1]), kernel.reshape(-1, out),
-                        (((1,), (0,)), ((), ())), precision=precision,
-                        preferred_element_type=preferred_element_type)
-    return y.reshape(*batch_shape, out)
+    return lax.dot_general(patches, kernel.reshape(-1, out), (((3,), (0,)), ((), ())),
+                           precision=precision, preferred_element_type=preferred_element_type)
   taps = patches.shape[-1] // (groups * in_per_group)
-  lhs = patches.reshape(-1, taps, groups, in_per_group)
+  lhs = patches.reshape(*patches.shape[:3], taps, groups, in_per_group)
   rhs = kernel.reshape(taps, in_per_group, groups, out // groups)
-  # Contract (tap, channel) with the group as a batch dimension: [G, N, O/G].
-  y = lax.dot_general(lhs, rhs, (((1, 3), (0, 1)), ((2,), (2,))), precision=precision,
+  # Contract (tap, channel) with the group as a batch dimension: [G, B, Ho, Wo, O/G].
+  y = lax.dot_general(lhs, rhs, (((3, 5), (0, 1)), ((4,), (2,))), precision=precision,
                       preferred_element_type=preferred_element_type)
-  return y.transpose(1, 0, 2).reshape(*batch_shape, out)
+  return y.transpose(1, 2, 3, 0, 4).reshape(*patches.shape[:3], out)
 
 
 def matmul_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding, *,
