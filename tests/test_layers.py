@@ -124,3 +124,17 @@ def test_a_checkpoint_moves_between_implementations(tmp_path):
   _assert_close(fresh(x), expected, "logits after moving matmul → lax")
   layers.set_conv_impl(fresh, "matmul")
   _assert_close(fresh(x), expected, "logits after switching back to matmul")
+
+
+@pytest.mark.parametrize("size", [8, 7])
+def test_max_pool_equals_nnx_max_pool(size):
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, size, size, 3)), jnp.float32)
+  weights = jnp.asarray(np.random.default_rng(1).standard_normal((2, size // 2, size // 2, 3)))
+
+  def loss(pool, x):
+    return (pool(x, (2, 2), (2, 2)) * weights).sum()
+
+  want = jax.value_and_grad(loss, argnums=1)(nnx.max_pool, x)
+  got = jax.value_and_grad(loss, argnums=1)(layers.max_pool, x)
+  for got_one, want_one in zip(got, want):
+    np.testing.assert_allclose(got_one, want_one, rtol=1e-6)

@@ -191,3 +191,23 @@ def set_conv_impl(model: nnx.Module, impl: str) -> nnx.Module:
     if isinstance(module, Conv):
       module.set_conv_impl(impl)
   return model
+
+
+def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int] | None = None,
+             padding: str = "VALID") -> jax.Array:
+  """`nnx.max_pool` on NHWC; non-overlapping VALID windows by a reshape and a max.
+
+  XLA:CPU's max-pool gradient (select-and-scatter) is slow; the reshape's
+  gradient is elementwise. Where a window holds several equal maxima the
+  gradient is split between them instead of going to one (after a ReLU such
+  ties are zeros whose gradient the ReLU drops anyway).
+  """
+  strides = tuple(strides or window)
+  if tuple(window) != strides or padding != "VALID" or x.ndim != 4:
+    return nnx.max_pool(x, window, strides, padding)
+  (ph, pw), (batch, height, width, channels) = window, x.shape
+  ho, wo = height // ph, width // pw
+  x = x[:, :ho * ph, :wo * pw]
+  # One axis split per reshape: the rule explicitly sharded arrays (the data axis) allow.
+  x = x.reshape(batch, ho, ph, wo * pw, channels).reshape(batch, ho, ph, wo, pw, channels)
+  return x.max(axis=(2, 4))

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vision.models import MODELS, ModelOptions
-from vision.models.layers import Conv
+from vision.models.layers import Conv, max_pool
 
 
 class ConvBNReLU(nnx.Module):
@@ -58,7 +58,7 @@ class SmallCNN(nnx.Module):
   def features(self, x: jax.Array) -> jax.Array:
     """The hidden layer's activations, [B, hidden]."""
     for stage in self.stages:
-      x = nnx.max_pool(stage(x), (2, 2), (2, 2))
+      x = max_pool(stage(x), (2, 2))
     x = self.dropout(x.reshape(x.shape[0], -1))
     return nnx.relu(self.hidden(x))
 
