@@ -32,6 +32,7 @@ def _jax_outputs(workdir: pathlib.Path, images: np.ndarray) -> tuple[np.ndarray,
 def _check_directory(out: pathlib.Path, fmt: str, workdir: pathlib.Path, int8: bool = False):
   info = json.loads((out / "export.json").read_text())
   assert info["format"] == fmt and info["int8"] is int8 and info["arch"] == "small_cnn"
+  assert (info["quantization"] == "none") is not int8
   assert info["class_names"] == ["a", "b", "c", "d"]
   assert info["input"] == {"name": "images", "dtype": "uint8", "layout": "NHWC", "height": 16,
                            "width": 16, "channels": 1}
@@ -91,7 +92,7 @@ def test_int8_export_is_smaller_and_states_its_accuracy_drop(tmp_path, tiny_mode
   assert report["top1_agreement"] >= export_lib.MIN_AGREEMENT_INT8
   # int8 weights: about a quarter of the fp32 parameters (128*64 + ... floats).
   assert report["size_bytes"] < 0.5 * report["size_bytes_jax"]
-  assert info["version"] != ""
+  assert info["quantization"] == {"tflite": "full_integer", "onnx": "static_qdq"}[fmt]
 
 
 def test_the_command_writes_the_directory_and_fails_loudly_on_disagreement(
@@ -107,8 +108,9 @@ def test_the_command_writes_the_directory_and_fails_loudly_on_disagreement(
 
   def broken(self, images):
     outputs = original(self, images)
-    outputs["logits"][::2] = -outputs["logits"][::2]
-    return outputs
+    logits = outputs["logits"].copy()
+    logits[::2] = -logits[::2]
+    return {**outputs, "logits": logits}
 
   monkeypatch.setattr(ExportedModel, "predict", broken)
   with pytest.raises(ParityError, match="top-1 agreement"):

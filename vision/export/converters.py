@@ -20,6 +20,7 @@ Routes (each measured to match JAX on this stack, see README "Export"):
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import tempfile
@@ -32,6 +33,7 @@ import numpy as np
 from vision.export.serving import INPUT_NAME, OUTPUT_NAMES, ServingFunction
 
 ONNX_OPSET = 17
+log = logging.getLogger(__name__)
 
 
 def _symbolic_input(serving: ServingFunction) -> jax.ShapeDtypeStruct:
@@ -73,16 +75,33 @@ def calibration_batches(images: np.ndarray) -> Iterator[list[np.ndarray]]:
 
 
 def write_tflite(saved_model: pathlib.Path, path: pathlib.Path, *,
-                 calibration: np.ndarray | None = None) -> None:
-  """fp32, or full-integer int8 when `calibration` (uint8 NHWC training images) is given."""
+                 calibration: np.ndarray | None = None) -> str:
+  """fp32, or int8 when `calibration` (uint8 NHWC training images) is given.
+
+  Returns how it was quantized: "none", "full_integer" (every op int8), or
+  "integer_with_float_fallback" when some op has no int8 kernel and stays float.
+  """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-  converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), ["serving_default"])
-  if calibration is not None:
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: calibration_batches(calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-  path.write_bytes(converter.convert())
+  def converter(ops):
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), ["serving_default"])
+    if calibration is not None:
+      converter.optimizations = [tf.lite.Optimize.DEFAULT]
+      converter.representative_dataset = lambda: calibration_batches(calibration)
+      converter.target_spec.supported_ops = ops
+    return converter
+
+  if calibration is None:
+    path.write_bytes(converter(None).convert())
+    return "none"
+  try:
+    path.write_bytes(converter([tf.lite.OpsSet.TFLITE_BUILTINS_INT8]).convert())
+    return "full_integer"
+  except Exception as error:  # pylint: disable=broad-except  # the converter's errors vary
+    log.warning("full-integer conversion failed (%s); keeping float kernels where int8 has none",
+                str(error).splitlines()[0] if str(error) else type(error).__name__)
+  path.write_bytes(converter([tf.lite.OpsSet.TFLITE_BUILTINS]).convert())
+  return "integer_with_float_fallback"
 
 
 def _name_tensors(model, renames: dict[str, str]) -> None:
@@ -133,7 +152,7 @@ def write_onnx_int8(fp32_onnx: pathlib.Path, path: pathlib.Path, calibration: np
 
   with tempfile.TemporaryDirectory() as tmp:
     prepared = pathlib.Path(tmp) / "prepared.onnx"
-    quantization.quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=False)
+    quantization.quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
     quantization.quantize_static(
         str(prepared), str(path), Reader(calibration),
         quant_format=quantization.QuantFormat.QDQ, per_channel=True,

@@ -21,6 +21,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+from typing import Iterable, Iterator
 
 from flax import nnx
 import jax
@@ -72,11 +73,11 @@ def _open_splits(workdir: pathlib.Path, data_source: str | None):
   return dataset, config.data
 
 
-def _read_images(records: RecordSource, spec: pipeline.ImageSpec,
-                 indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  chunks = [pipeline.read_batch(records, indices[i:i + _BATCH], spec)
-            for i in range(0, len(indices), _BATCH)]
-  return (np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
+def _batches(records: RecordSource, spec: pipeline.ImageSpec,
+             indices: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """uint8 images (model size) and labels at `indices`, `_BATCH` at a time."""
+  for start in range(0, len(indices), _BATCH):
+    yield pipeline.read_batch(records, indices[start:start + _BATCH], spec)
 
 
 def calibration_images(records: RecordSource, spec: pipeline.ImageSpec,
@@ -84,7 +85,7 @@ def calibration_images(records: RecordSource, spec: pipeline.ImageSpec,
   """`count` training images (uint8, model size) drawn at random: int8's calibration set."""
   chosen = np.random.default_rng(seed).choice(len(records), min(count, len(records)),
                                               replace=False)
-  return _read_images(records, spec, np.sort(chosen))[0]
+  return np.concatenate([images for images, _ in _batches(records, spec, np.sort(chosen))])
 
 
 # ---------------------------------------------------------------------- parity
@@ -107,34 +108,39 @@ def _jax_logits(model: nnx.Module, card: ModelCard):
   return logits
 
 
-def parity_report(jax_logits, exported, images: np.ndarray, labels: np.ndarray) -> dict:
-  """Agreement, accuracies and logit differences of `exported` vs JAX on `images`."""
-  reference, outputs = [], {name: [] for name in OUTPUT_NAMES}
-  # Uneven batches on purpose: the last one checks the dynamic batch dimension.
-  for start in range(0, len(images), _BATCH):
-    batch = images[start:start + _BATCH]
-    reference.append(jax_logits(batch))
-    for name, value in exported.predict(batch).items():
-      outputs[name].append(value)
-  reference = np.concatenate(reference)
-  logits = np.concatenate(outputs["logits"])
-  embedding = np.concatenate(outputs["embedding"])
-  if logits.shape != reference.shape or len(embedding) != len(images):
-    raise ParityError(f"exported model returned logits {logits.shape} and embedding "
-                      f"{embedding.shape} for {len(images)} images; expected {reference.shape}")
+def parity_report(jax_logits, exported, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
+  """Agreement, accuracies and logit differences of `exported` vs JAX over `batches`."""
+  reference, logits, labels = [], [], []
+  embedding_dims, finite = set(), True
+  # Batches of _BATCH and a smaller last one: the check also exercises the dynamic batch size.
+  for images, batch_labels in batches:
+    outputs = exported.predict(images)
+    if (outputs["logits"].shape[0], outputs["embedding"].shape[0]) != (len(images),) * 2:
+      raise ParityError(f"the exported model returned logits {outputs['logits'].shape} and "
+                        f"embedding {outputs['embedding'].shape} for {len(images)} images")
+    reference.append(jax_logits(images))
+    logits.append(outputs["logits"])
+    labels.append(batch_labels)
+    embedding_dims.add(outputs["embedding"].shape[1:])
+    finite &= bool(np.isfinite(outputs["logits"]).all() and np.isfinite(outputs["embedding"]).all())
+  labels, reference, logits = map(np.concatenate, (labels, reference, logits))
+  if logits.shape != reference.shape or len(embedding_dims) != 1:
+    raise ParityError(f"the exported model returned logits of shape {logits.shape[1:]} and "
+                      f"embeddings of shapes {sorted(embedding_dims)}; the JAX model gives "
+                      f"logits {reference.shape[1:]}")
   exported_top1, jax_top1 = logits.argmax(-1), reference.argmax(-1)
   accuracy_exported = float(np.mean(exported_top1 == labels))
   accuracy_jax = float(np.mean(jax_top1 == labels))
   return {
-      "num_examples": int(len(images)),
+      "num_examples": int(len(labels)),
       "top1_agreement": float(np.mean(exported_top1 == jax_top1)),
       "accuracy_exported": accuracy_exported,
       "accuracy_jax": accuracy_jax,
       "accuracy_drop": accuracy_jax - accuracy_exported,
       "max_abs_logit_diff": float(np.max(np.abs(logits - reference))),
       "mean_abs_logit_diff": float(np.mean(np.abs(logits - reference))),
-      "embedding_dim": int(embedding.shape[-1]),
-      "finite": bool(np.isfinite(logits).all() and np.isfinite(embedding).all()),
+      "embedding_dim": int(embedding_dims.pop()[-1]),
+      "finite": finite,
   }
 
 
@@ -186,38 +192,42 @@ def content_hash(path: pathlib.Path) -> str:
 
 
 def write_model(serving, fmt: str, out: pathlib.Path, *,
-                calibration: np.ndarray | None) -> pathlib.Path:
-  """Writes OUT/<model file> for `fmt` (int8 when `calibration` is given); returns its path."""
+                calibration: np.ndarray | None) -> tuple[pathlib.Path, str]:
+  """Writes OUT/<model file> for `fmt` (int8 when `calibration` is given).
+
+  Returns its path and how it was quantized ("none", "full_integer",
+  "integer_with_float_fallback" or, for ONNX, "static_qdq").
+  """
   target = out / MODEL_FILES[fmt]
   if fmt == "stablehlo":
     if calibration is not None:
       raise ConfigError("--int8 is for --format=tflite or --format=onnx (StableHLO stays fp32)")
     converters.write_stablehlo(serving, target)
-    return target
+    return target, "none"
   if fmt == "saved_model":
     if calibration is not None:
       raise ConfigError("--int8 is for --format=tflite or --format=onnx (a SavedModel stays fp32)")
     converters.write_saved_model(serving, target)
-    return target
+    return target, "none"
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     converters.write_saved_model(serving, tmp / "saved_model")
     if fmt == "tflite":
-      converters.write_tflite(tmp / "saved_model", target, calibration=calibration)
-      return target
+      return target, converters.write_tflite(tmp / "saved_model", target, calibration=calibration)
     converters.write_tflite(tmp / "saved_model", tmp / "model.tflite")
     if calibration is None:
       converters.write_onnx(tmp / "model.tflite", target)
     else:
       converters.write_onnx(tmp / "model.tflite", tmp / "fp32.onnx")
       converters.write_onnx_int8(tmp / "fp32.onnx", target, calibration)
-  return target
+  return target, "none" if calibration is None else "static_qdq"
 
 
 def export_info(card: ModelCard, fmt: str, model_file: pathlib.Path, *, int8: bool,
-                version: str | None, workdir: pathlib.Path) -> dict:
+                quantization: str, version: str | None, workdir: pathlib.Path) -> dict:
   return {
-      "format": fmt, "model_file": model_file.name, "int8": int8, "arch": card.arch,
+      "format": fmt, "model_file": model_file.name, "int8": int8, "quantization": quantization,
+      "arch": card.arch,
       "version": version or content_hash(model_file),
       "class_names": list(card.class_names),
       "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC",
@@ -247,28 +257,33 @@ def export_workdir(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
   dataset, data_config = _open_splits(workdir, data)
   spec = card_spec(card)
   records = pipeline.limit_examples(dataset.split(data_config.val_split), max_examples)
-  images, labels = _read_images(records, spec, np.arange(len(records)))
+  if not len(records):
+    raise ConfigError(f"the {data_config.val_split} split is empty: nothing to check the export on")
   calibration = (calibration_images(dataset.split(data_config.train_split), spec,
                                     calibration_examples) if int8 else None)
   _prepare_out(out)
 
   log.info("exporting %s as %s%s to %s", workdir, fmt, " (int8)" if int8 else "", out)
-  model_file = write_model(serving_function(model, card), fmt, out, calibration=calibration)
-  info = export_info(card, fmt, model_file, int8=int8, version=version, workdir=workdir)
+  model_file, quantization = write_model(serving_function(model, card), fmt, out,
+                                         calibration=calibration)
+  info = export_info(card, fmt, model_file, int8=int8, quantization=quantization,
+                     version=version, workdir=workdir)
   write_text_atomically(out / EXPORT_JSON, json.dumps(info, indent=2))
 
-  log.info("checking %s against JAX on %d %s images", fmt, len(images), data_config.val_split)
+  log.info("checking %s against JAX on %d %s images", fmt, len(records), data_config.val_split)
   exported = load_exported(out)
   jax_logits = _jax_logits(model, card)
   report = {"format": fmt, "int8": int8, "runtime": RUNTIMES[fmt], "version": info["version"],
             "split": data_config.val_split,
-            **parity_report(jax_logits, exported, images, labels)}
+            **parity_report(jax_logits, exported,
+                            _batches(records, spec, np.arange(len(records))))}
+  first_image = pipeline.read_batch(records, np.arange(1), spec)[0]
   report["size_bytes"] = converters.tree_size(model_file)
   weights = nnx.state(model, nnx.Not(nnx.RngState))
   report["size_bytes_jax"] = int(sum(w.nbytes for w in jax.tree.leaves(weights)))
-  report["latency_ms_per_image"] = median_latency_ms(exported.predict, images[:1],
+  report["latency_ms_per_image"] = median_latency_ms(exported.predict, first_image,
                                                      repeats=latency_repeats)
-  report["latency_ms_per_image_jax"] = median_latency_ms(jax_logits, images[:1],
+  report["latency_ms_per_image_jax"] = median_latency_ms(jax_logits, first_image,
                                                          repeats=latency_repeats)
   report["thresholds"] = ({"min_top1_agreement": MIN_AGREEMENT_INT8,
                            "max_accuracy_drop": MAX_ACCURACY_DROP_INT8} if int8 else
