@@ -27,6 +27,8 @@ _OUT = flags.DEFINE_string("out", None, "Where the four exports go (default: a t
 _REPEATS = flags.DEFINE_integer("repeats", DEFAULT_REPEATS, "Timed calls per runtime.")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 1000, "Validation images for each parity "
                                      "check and the accuracy column.")
+_FORMATS = flags.DEFINE_list("formats", ["tflite", "onnx"], "Export formats to time "
+                             "(each fp32 and int8): tflite, onnx.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows as JSON to this file.")
 flags.mark_flag_as_required("workdir")
 
@@ -36,7 +38,7 @@ def main(argv: list[str]) -> None:
   with tempfile.TemporaryDirectory() as tmp:
     try:
       rows = compare_latency(_WORKDIR.value, _OUT.value or tmp, repeats=_REPEATS.value,
-                             max_examples=_MAX_EXAMPLES.value)
+                             max_examples=_MAX_EXAMPLES.value, formats=tuple(_FORMATS.value))
     except ParityError as error:
       common.fail(f"export check failed: {error}")
   print(format_latency_table(rows))

@@ -12,6 +12,7 @@ from conftest import run_module
 from vision.checkpoint import load_model
 from vision.export import ExportedModel, ParityError, export_workdir, load_exported
 from vision.export import export as export_lib
+from vision.export.latency import compare_latency, format_latency_table
 
 pytestmark = pytest.mark.slow
 REPORT_KEYS = {"top1_agreement", "accuracy_exported", "accuracy_jax", "max_abs_logit_diff",
@@ -141,3 +142,12 @@ def test_an_unrelated_out_directory_is_never_overwritten(tmp_path, tiny_model_di
   with pytest.raises(Exception, match="not an export"):
     export_workdir(tiny_model_dir, "stablehlo", out)
   assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_latency_comparison_times_every_runtime(tmp_path, tiny_model_dir):
+  rows = compare_latency(tiny_model_dir, tmp_path, repeats=3, max_examples=16, formats=("onnx",))
+  assert [(r["runtime"], r["precision"]) for r in rows] == [
+      ("JAX (XLA:CPU, jit)", "fp32"), ("ONNX Runtime", "fp32"), ("ONNX Runtime", "int8")]
+  assert all(r["latency_ms_per_image"] > 0 and r["size_bytes"] > 0 for r in rows)
+  table = format_latency_table(rows)
+  assert table.count("\n") == 4 and "ONNX Runtime | int8" in table

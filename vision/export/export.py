@@ -90,7 +90,7 @@ def calibration_images(records: RecordSource, spec: pipeline.ImageSpec,
 
 # ---------------------------------------------------------------------- parity
 
-def _jax_logits(model: nnx.Module, card: ModelCard):
+def jax_logits_function(model: nnx.Module, card: ModelCard):
   """`uint8 images -> logits` as training and evaluation compute them (numpy Normalise, model())."""
   graphdef, state = nnx.split(model)
   normalise = pipeline.Normalise(card_spec(card))
@@ -272,7 +272,7 @@ def export_workdir(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
 
   log.info("checking %s against JAX on %d %s images", fmt, len(records), data_config.val_split)
   exported = load_exported(out)
-  jax_logits = _jax_logits(model, card)
+  jax_logits = jax_logits_function(model, card)
   report = {"format": fmt, "int8": int8, "runtime": RUNTIMES[fmt], "version": info["version"],
             "split": data_config.val_split,
             **parity_report(jax_logits, exported,
