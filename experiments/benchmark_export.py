@@ -29,6 +29,8 @@ _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 1000, "Validation images fo
                                      "check and the accuracy column.")
 _FORMATS = flags.DEFINE_list("formats", ["tflite", "onnx"], "Export formats to time "
                              "(each fp32 and int8): tflite, onnx.")
+_THREADS = flags.DEFINE_integer("threads", 1, "Threads for LiteRT and ONNX Runtime (0: "
+                                "their defaults).")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows as JSON to this file.")
 flags.mark_flag_as_required("workdir")
 
@@ -38,7 +40,8 @@ def main(argv: list[str]) -> None:
   with tempfile.TemporaryDirectory() as tmp:
     try:
       rows = compare_latency(_WORKDIR.value, _OUT.value or tmp, repeats=_REPEATS.value,
-                             max_examples=_MAX_EXAMPLES.value, formats=tuple(_FORMATS.value))
+                             max_examples=_MAX_EXAMPLES.value, formats=tuple(_FORMATS.value),
+                             threads=_THREADS.value or None)
     except ParityError as error:
       common.fail(f"export check failed: {error}")
   print(format_latency_table(rows))

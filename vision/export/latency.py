@@ -57,8 +57,14 @@ def interleaved_latency_ms(predicts: dict[str, Callable[[np.ndarray], Any]], ima
 
 def compare_latency(workdir: str | os.PathLike, out: str | os.PathLike, *,
                     repeats: int = DEFAULT_REPEATS, max_examples: int | None = 1000,
-                    formats: tuple[str, ...] = ("tflite", "onnx")) -> list[dict]:
-  """One row per runtime and precision: latency_ms_per_image, accuracy, size_bytes, agreement."""
+                    formats: tuple[str, ...] = ("tflite", "onnx"),
+                    threads: int | None = 1) -> list[dict]:
+  """One row per runtime and precision: latency_ms_per_image, accuracy, size_bytes, agreement.
+
+  `threads=1` (the default) runs LiteRT and ONNX Runtime single-threaded: at batch 1 a
+  small model gains little from a thread pool, and on a shared machine the pools' spinning
+  threads slow whichever runtime is timed next.
+  """
   # pylint: disable=import-outside-toplevel
   from vision.checkpoint import load_model
   from vision.export import export as export_lib
@@ -79,7 +85,7 @@ def compare_latency(workdir: str | os.PathLike, out: str | os.PathLike, *,
         predicts["jax"] = export_lib.jax_logits_function(model, card)
         rows.append({"runtime": "JAX (XLA:CPU, jit)", "precision": "fp32", "key": "jax",
                      "accuracy": report["accuracy_jax"], "size_bytes": report["size_bytes_jax"]})
-      predicts[directory.name] = load_exported(directory).predict
+      predicts[directory.name] = load_exported(directory, threads=threads).predict
       rows.append({"runtime": export_lib.RUNTIMES[fmt], "precision": "int8" if int8 else "fp32",
                    "key": directory.name, "accuracy": report["accuracy_exported"],
                    "size_bytes": report["size_bytes"], "top1_agreement": report["top1_agreement"],

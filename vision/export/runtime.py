@@ -105,7 +105,11 @@ def _onnx(path: pathlib.Path, threads: int | None) -> Callable[[np.ndarray], Out
 
   options = ort.SessionOptions()
   if threads:
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = options.inter_op_num_threads = threads
+  if threads == 1:
+    # Idle pool threads otherwise spin for a while after each run, stealing the core the next
+    # runtime (or request) needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
   session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
   return lambda images: dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES),
                                                            {INPUT_NAME: images})))
