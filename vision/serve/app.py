@@ -263,6 +263,9 @@ def create_app(options: ServeOptions) -> fastapi.FastAPI:
   """The app for `options`; raises ExportError (before serving) for a bad model directory."""
   if not options.models:
     raise ExportError("give at least one --model=EXPORT_DIR")
+  if options.traffic is not None and len(options.traffic) != len(options.models):
+    raise ExportError(f"--traffic has {len(options.traffic)} weights for {len(options.models)} "
+                      "--model directories; give one weight per model")
   models = [load_served(path, options.threads) for path in options.models]
   versions = [m.spec.version for m in models]
   if len(set(versions)) != len(versions):
