@@ -18,6 +18,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags  # noqa: E402
 
 from experiments import common  # noqa: E402
+from vision.files import write_text_atomically  # noqa: E402
+from vision.serve import drift  # noqa: E402
+from vision.serve.log import read_predictions  # noqa: E402
+from vision.serve.runtime import ExportError, load_served  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "The experiments.export directory being served.")
 _LOG = flags.DEFINE_string("log", "serving.db", "The server's SQLite prediction log.")
@@ -38,11 +42,6 @@ flags.mark_flags_as_required(["model", "reference"])
 
 def main(argv: list[str]) -> None:
   common.reject_extra_arguments(argv)
-  from vision.files import write_text_atomically  # pylint: disable=import-outside-toplevel
-  from vision.serve import drift  # pylint: disable=import-outside-toplevel
-  from vision.serve.log import read_predictions  # pylint: disable=import-outside-toplevel
-  from vision.serve.runtime import ExportError, load_served  # pylint: disable=import-outside-toplevel
-
   try:
     model = load_served(_MODEL.value)
   except ExportError as error:

@@ -13,9 +13,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
+import uvicorn  # noqa: E402
 
 from experiments import common  # noqa: E402
+from vision.serve.app import ServeOptions, create_app  # noqa: E402
 from vision.serve.images import Limits  # noqa: E402
+from vision.serve.runtime import ExportError  # noqa: E402
 
 _MODEL = flags.DEFINE_multi_string("model", None, "An experiments.export directory (onnx or "
                                    "tflite); repeat for several versions.")
@@ -51,10 +54,6 @@ def _traffic() -> list[float] | None:
 
 def main(argv: list[str]) -> None:
   common.reject_extra_arguments(argv)
-  import uvicorn  # pylint: disable=import-outside-toplevel
-  from vision.serve.app import ServeOptions, create_app  # pylint: disable=import-outside-toplevel
-  from vision.serve.runtime import ExportError  # pylint: disable=import-outside-toplevel
-
   try:
     options = ServeOptions(
         models=_MODEL.value, traffic=_traffic(), seed=_SEED.value, log_path=_LOG.value,

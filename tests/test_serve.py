@@ -22,6 +22,9 @@ from vision.serve.app import ServeOptions, create_app
 from vision.serve.images import Limits
 from vision.serve.log import read_predictions
 
+# Each test needs the tiny model trained and exported (about a minute): end to end, so slow.
+# The fast, model-free checks of the same parts are in tests/test_serve_parts.py.
+pytestmark = pytest.mark.slow
 LABELS = ("a", "b", "c", "d")
 
 
@@ -273,9 +276,6 @@ def test_api_key_is_required_when_set(exports, tmp_path):
     assert httpx.get(f"{url}/healthz").status_code == 200
 
 
-# ----------------------------------------------------------------- slow end to end
-
-@pytest.mark.slow
 def test_serve_command_rejects_bad_models_in_one_line(tmp_path, exports):
   result = run_module("experiments.serve", f"--model={tmp_path}", check=False, timeout=120)
   assert result.returncode == 2
@@ -286,7 +286,6 @@ def test_serve_command_rejects_bad_models_in_one_line(tmp_path, exports):
   assert result.returncode == 2 and "one weight per model" in result.stderr
 
 
-@pytest.mark.slow
 def test_no_5xx_for_schemathesis_generated_requests(server):
   import hypothesis  # pylint: disable=import-outside-toplevel
   import schemathesis  # pylint: disable=import-outside-toplevel
@@ -312,7 +311,6 @@ def test_no_5xx_for_schemathesis_generated_requests(server):
   assert operations >= 8 and not failures, failures
 
 
-@pytest.mark.slow
 def test_web_page_classifies_a_dropped_image_in_chromium(server, tmp_path):
   from playwright.sync_api import sync_playwright  # pylint: disable=import-outside-toplevel
 
@@ -358,7 +356,6 @@ def test_web_page_classifies_a_dropped_image_in_chromium(server, tmp_path):
       browser.close()
 
 
-@pytest.mark.slow
 def test_drift_monitor_passes_normal_traffic_and_flags_inverted_images(exports, tmp_path,
                                                                        tiny_model_dir):
   log = tmp_path / "serving.db"
@@ -396,7 +393,6 @@ def test_drift_monitor_passes_normal_traffic_and_flags_inverted_images(exports, 
          for k in normal_report["tests"]})
 
 
-@pytest.mark.slow
 def test_benchmark_serving_drives_a_server_process(exports, tmp_path):
   out = tmp_path / "bench.json"
   run_module("experiments.benchmark_serving", f"--model={exports['v1']}", "--requests=60",

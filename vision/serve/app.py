@@ -34,6 +34,7 @@ import numpy as np
 import prometheus_client
 import pydantic
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vision.serve import images as image_io
 from vision.serve.batcher import MicroBatcher
@@ -175,6 +176,29 @@ class SizeLimit:
     await response(scope, receive, send)
 
 
+class CountRequests:
+  """ASGI middleware: counts responses by route and status (plain ASGI: no per-request task)."""
+
+  def __init__(self, app, counter: prometheus_client.Counter):
+    self.app, self.counter = app, counter
+
+  async def __call__(self, scope, receive, send):
+    if scope["type"] != "http":
+      return await self.app(scope, receive, send)
+    status = []
+
+    async def send_and_note(message):
+      if message["type"] == "http.response.start":
+        status.append(message["status"])
+      await send(message)
+
+    try:
+      await self.app(scope, receive, send_and_note)
+    finally:
+      route = getattr(scope.get("route"), "path", "other")
+      self.counter.labels(route, str(status[0] if status else 500)).inc()
+
+
 _IMAGE_SCHEMA = {"type": "string", "format": "byte", "description": "base64 image (PNG, JPEG, ...)"}
 _PREDICT_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -229,7 +253,7 @@ async def _request_images(request: fastapi.Request) -> list[tuple[str, bytes]]:
   if content_type == "multipart/form-data":
     try:
       form = await request.form()
-    except (fastapi.HTTPException, AssertionError, ValueError) as error:
+    except (StarletteHTTPException, AssertionError, ValueError) as error:
       detail = getattr(error, "detail", None) or str(error)
       raise RequestError(400, f"malformed multipart body: {detail}") from None
     found = []
@@ -308,13 +332,6 @@ def create_app(options: ServeOptions) -> fastapi.FastAPI:
   @app.exception_handler(RequestError)
   async def request_error(_, error: RequestError):
     return responses.JSONResponse({"detail": error.message}, status_code=error.status)
-
-  @app.middleware("http")
-  async def count_requests(request: fastapi.Request, call_next):
-    response = await call_next(request)
-    route = request.scope.get("route")
-    metrics.requests.labels(getattr(route, "path", "other"), str(response.status_code)).inc()
-    return response
 
   async def predict(request: fastapi.Request, version: str | None, top_k: int | None) -> dict:
     start = time.perf_counter()
@@ -435,6 +452,7 @@ def create_app(options: ServeOptions) -> fastapi.FastAPI:
     return responses.HTMLResponse(_PAGE.read_text(encoding="utf-8"))
 
   app.add_middleware(SizeLimit, max_bytes=options.limits.max_request_bytes)
+  app.add_middleware(CountRequests, counter=metrics.requests)
   return app
 
 

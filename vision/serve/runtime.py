@@ -18,6 +18,8 @@ import pathlib
 
 import numpy as np
 
+from vision.export import ExportedModel, load_exported
+
 SERVABLE_FORMATS = ("onnx", "tflite")
 
 
@@ -69,7 +71,7 @@ def read_spec(directory: str | pathlib.Path) -> ExportSpec:
 class ServedModel:
   """An export directory ready to run."""
   spec: ExportSpec
-  exported: object  # vision.export.ExportedModel
+  exported: ExportedModel
 
   def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """uint8 [B, H, W, C] images -> float32 logits [B, K] and embeddings [B, D]."""
@@ -78,7 +80,6 @@ class ServedModel:
 
 
 def load_served(directory: str | pathlib.Path, threads: int | None = None) -> ServedModel:
-  from vision.export import load_exported  # pylint: disable=import-outside-toplevel
   spec = read_spec(directory)
   return ServedModel(spec, load_exported(directory, threads=threads or None))
 
