@@ -126,3 +126,21 @@ def tiny_config(source: str, steps: int = 12):
 def read_idx_labels(path: pathlib.Path) -> np.ndarray:
   """The labels of an IDX label file written by `write_idx`."""
   return np.frombuffer(gzip.decompress(path.read_bytes()), np.uint8, offset=8).copy()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
+  """A trained model directory (tests/configs/tiny.py, 12 steps on the quadrant task), made once.
+
+  16×16 grey images, 4 classes ("a".."d"), validation split of 64 images. Shared
+  by the export and serving tests: treat it as read-only.
+  """
+  root = tmp_path_factory.mktemp("tiny_model")
+  data = write_idx_dataset(root / "idx")
+  workdir = root / "run"
+  run_module("experiments.train", f"--config=tests/configs/tiny.py:source=idx:{data}",
+             f"--workdir={workdir}", "--config.data.class_names=('a','b','c','d')",
+             extra_env={"WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                        "WANDB_CONFIG_DIR": str(root / "wandb-config"),
+                        "WANDB_CACHE_DIR": str(root / "wandb-cache")})
+  return workdir

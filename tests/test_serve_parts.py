@@ -1,0 +1,108 @@
+"""The serving parts without a model: router, micro-batcher, upload limits, log, drift tests."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import time
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from vision.serve import drift
+from vision.serve.batcher import MicroBatcher
+from vision.serve.images import Limits, RequestError, decode_image
+from vision.serve.log import Prediction, PredictionLog, read_predictions
+from vision.serve.router import Router
+
+
+def png(array: np.ndarray, fmt: str = "PNG") -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format=fmt)
+  return buffer.getvalue()
+
+
+def test_router_follows_weights_and_is_reproducible_with_a_seed():
+  router = Router(["a", "b"], [9, 1], seed=3)
+  picks = [router.pick() for _ in range(2000)]
+  assert 0.08 < picks.count("b") / len(picks) < 0.12
+  again = Router(["a", "b"], [9, 1], seed=3)
+  assert [again.pick() for _ in range(2000)] == picks
+  with pytest.raises(ValueError, match="one weight per model"):
+    Router(["a", "b"], [1.0])
+  with pytest.raises(ValueError, match=">= 0"):
+    Router(["a", "b"], [1.0, -1.0])
+
+
+def test_micro_batcher_groups_concurrent_images_and_returns_each_its_row():
+  calls = []
+
+  def predict(images):
+    calls.append(len(images))
+    flat = images.reshape(len(images), -1).astype(np.float32)
+    return flat.sum(1, keepdims=True), flat[:, :2]
+
+  batcher = MicroBatcher(predict, max_batch_size=4, max_wait_ms=200)
+  images = [np.full((2, 2, 1), i, np.uint8) for i in range(10)]
+  try:
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+      futures = list(pool.map(batcher.submit, images))
+    results = [f.result(timeout=10) for f in futures]
+  finally:
+    batcher.close()
+  assert [float(logits[0]) for logits, _ in results] == [4.0 * i for i in range(10)]
+  assert sum(calls) == 10 and max(calls) == 4 and len(calls) < 10
+  assert batcher.stats.as_dict()["max_batch_size"] == 4 and not batcher.alive
+  assert isinstance(batcher.submit(images[0]).exception(timeout=1), RuntimeError)
+
+
+def test_uploads_are_checked_before_decoding_and_resized_to_the_model():
+  limits = Limits(max_pixels=10_000)
+  rgb = np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8)
+  image = decode_image(png(rgb), limits, height=16, width=16, channels=1)
+  assert image.shape == (16, 16, 1) and image.dtype == np.uint8
+  assert decode_image(png(rgb, "JPEG"), limits, height=8, width=12, channels=3).shape == (8, 12, 3)
+  for data, status, words in (
+      (png(np.zeros((200, 200), np.uint8)), 413, "40000 pixels is over the limit of 10000"),
+      (png(np.zeros((16, 16, 3), np.uint8), "ICO"), 415, "unsupported image format"),
+      (b"GIF89a nonsense", 400, "cannot decode"),
+      (b"", 400, "empty file")):
+    with pytest.raises(RequestError, match=words) as error:
+      decode_image(data, limits, height=16, width=16, channels=1)
+    assert error.value.status == status
+
+
+def test_prediction_log_writes_in_the_background_and_reads_back(tmp_path):
+  log = PredictionLog(tmp_path / "serving.db", interval=0.05)
+  start = time.time()
+  for i in range(5):
+    log.record(Prediction(f"id{i}", start + i, "v1" if i < 3 else "v2", i % 2, "x", 0.5 + i / 10,
+                          np.arange(4, dtype=np.float16) * i))
+  log.feedback("id1", 0)
+  log.close()
+  rows = read_predictions(tmp_path / "serving.db", version="v1")
+  assert rows.ids == ["id0", "id1", "id2"] and rows.true_label.tolist() == [-1, 0, -1]
+  np.testing.assert_allclose(rows.embedding[2], [0, 2, 4, 6])
+  assert read_predictions(tmp_path / "serving.db", limit=2).ids == ["id3", "id4"]
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    read_predictions(tmp_path / "missing.db")
+
+
+def test_drift_tests_pass_same_distribution_and_flag_a_shift():
+  rng = np.random.default_rng(0)
+
+  def outputs(n, shift=0.0):
+    embedding = rng.normal(shift, 1, (n, 8)).astype(np.float32)
+    confidence = np.clip(rng.beta(8, 2, n) - shift / 4, 0, 1)
+    return drift.Outputs(confidence, embedding, rng.integers(0, 4, n))
+
+  reference = outputs(500)
+  same = drift.compare(reference, outputs(300), num_classes=4)
+  shifted = drift.compare(reference, outputs(300, shift=1.0), num_classes=4)
+  assert not same["drift"] and same["tests"]["embedding"]["p_value"] > 0.01
+  assert shifted["drift"] and set(shifted["drifted"]) == {"confidence", "embedding"}
+  assert shifted["tests"]["embedding"]["p_value"] < 1e-10
+  with pytest.raises(ValueError, match="another model"):
+    drift.compare(reference, drift.Outputs(np.ones(3), np.ones((3, 2)), np.zeros(3, int)),
+                  num_classes=4)
