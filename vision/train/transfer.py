@@ -82,21 +82,25 @@ def load_pretrained(model: nnx.Module, directory: str | os.PathLike, *, arch: st
   target_state = nnx.state(model)
   target = _flat(_without_rng(target_state))
   new_head = reset_head or card.num_classes != model.head.out_features
-  merged = {}
-  for name, value in target.items():
+  merged, mismatched = {}, []
+  groups = model.layer_groups()
+  # Input side first, so the error names the first tensor that differs.
+  for name in sorted(target, key=lambda n: group_index(n, groups)):
+    value = target[name]
     if new_head and _is_head(name):
       merged[name] = value
-      continue
-    if name not in source_params:
-      raise ConfigError(
-          f"config key 'model.init_from': tensor '{name}' is missing from {directory} "
-          f"(its model options differ from this config's)")
-    if source_params[name].shape != value.shape:
-      raise ConfigError(
-          f"config key 'model.init_from': tensor '{name}' has shape "
-          f"{tuple(source_params[name].shape)} in {directory} but this config's model needs "
-          f"{tuple(value.shape)} (check data.channels and the model.* options)")
-    merged[name] = jnp.asarray(source_params[name], value.dtype)
+    elif name not in source_params:
+      mismatched.append(f"tensor '{name}' is missing from {directory}")
+    elif source_params[name].shape != value.shape:
+      mismatched.append(
+          f"tensor '{name}' has shape {tuple(source_params[name].shape)} in {directory} but "
+          f"this config's model needs {tuple(value.shape)}")
+    else:
+      merged[name] = jnp.asarray(source_params[name], value.dtype)
+  if mismatched:
+    more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+    raise ConfigError(f"config key 'model.init_from': {mismatched[0]}{more}; check "
+                      "data.channels and the model.* options against its model_card.json")
   restored = traverse_util.unflatten_dict({tuple(_key(k) for k in name.split(".")): v
                                            for name, v in merged.items()})
   nnx.replace_by_pure_dict(target_state, restored)
