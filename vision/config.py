@@ -112,6 +112,22 @@ def defaults() -> ml_collections.ConfigDict:
   # (lax.conv, for GPU/TPU) or 'auto' (matmul on the CPU backend, lax elsewhere).
   # Parameters are the same either way; see vision/models/layers.py.
   c.model.conv_impl = "auto"
+  # A model directory (a training workdir or an experiments.import_weights output) whose
+  # parameters initialise this model; the head is new when num_classes differs.
+  c.model.init_from = ml_collections.config_dict.placeholder(str)
+  # With init_from: a freshly initialised head even when the number of classes matches.
+  c.model.reset_head = False
+
+  # Transfer learning by layer group (model.layer_groups()); see vision/train/transfer.py.
+  c.transfer = ml_collections.ConfigDict()
+  # 'none', 'linear_probe', 'fine_tune' or 'gradual_unfreeze'.
+  c.transfer.mode = "none"
+  # fine_tune / gradual_unfreeze: LR of group i of n = LR * layer_decay ** (n - 1 - i).
+  c.transfer.layer_decay = 1.0
+  # gradual_unfreeze: epochs between unfreezing one more group, from the head down.
+  c.transfer.unfreeze_every_epochs = 1.0
+  # BatchNorm on running statistics everywhere (frozen groups always use them).
+  c.transfer.freeze_batch_norm = False
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
@@ -191,6 +207,7 @@ _CHOICES = {
     "train.loss": ("cross_entropy", "focal"),
     "train.class_weights": ("none", "balanced"),
     "model.conv_impl": ("auto", "matmul", "lax"),
+    "transfer.mode": ("none", "linear_probe", "fine_tune", "gradual_unfreeze"),
 }
 
 
@@ -290,6 +307,7 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
   if c.train.imbalance_threshold is not None and not c.train.imbalance_threshold >= 1:
     raise ConfigError("config key 'train.imbalance_threshold' must be >= 1 (a largest/smallest "
                       f"class ratio) or None, got {c.train.imbalance_threshold}")
+  _check_transfer(c)
   if len(c.data.mean) != len(c.data.std):
     raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
 
@@ -310,6 +328,18 @@ def _check_augmentation(data: ml_collections.ConfigDict) -> None:
                       f"got {data.randaugment_magnitude}")
 
 
+def _check_transfer(c: ml_collections.ConfigDict) -> None:
+  if not 0 < c.transfer.layer_decay <= 1:
+    raise ConfigError(
+        f"config key 'transfer.layer_decay' must be in (0, 1], got {c.transfer.layer_decay}")
+  if not c.transfer.unfreeze_every_epochs > 0:
+    raise ConfigError("config key 'transfer.unfreeze_every_epochs' must be > 0, got "
+                      f"{c.transfer.unfreeze_every_epochs}")
+  if c.transfer.mode == "linear_probe" and not c.model.init_from:
+    raise ConfigError("config key 'transfer.mode'='linear_probe' needs 'model.init_from' "
+                      "(the model directory whose backbone is probed)")
+
+
 def _check_environment(c: ml_collections.ConfigDict) -> None:
   for path in ("train.batch_size", "train.eval_batch_size"):
     group, key = path.split(".")
@@ -318,6 +348,10 @@ def _check_environment(c: ml_collections.ConfigDict) -> None:
           f"config key '{path}'={c[group][key]} is not divisible by the "
           f"{jax.device_count()} devices; use a multiple of {jax.device_count()}")
   _check_source_exists(c.data.source)
+  if c.model.init_from and not os.path.isfile(os.path.join(c.model.init_from, "model_card.json")):
+    raise ConfigError(
+        f"config key 'model.init_from': {c.model.init_from!r} is not a model directory "
+        "(no model_card.json; expected a training workdir or an experiments.import_weights --out)")
 
 
 def _check_source_exists(source: str) -> None:

@@ -36,7 +36,7 @@ from vision.data.sources import Dataset, RecordSource, record_labels
 from vision.evaluate import evaluate as evaluate_lib
 from vision.evaluate.inference import predict_split
 from vision.models import ModelOptions, create_model
-from vision.train import imbalance, multilabel, optim
+from vision.train import imbalance, multilabel, optim, transfer
 from vision.train.progress import Progress
 from vision.train.step import Steps, TrainState
 
@@ -90,6 +90,7 @@ def build_model(config: ml_collections.ConfigDict, dataset: Dataset,
       widths=tuple(config.model.widths), hidden=config.model.hidden, stem=config.model.stem,
       conv_impl=config.model.conv_impl)
   model = create_model(config.model.name, options, rngs=nnx.Rngs(config.seed))
+  transfer.maybe_load_pretrained(config, model)
   model_options = {k: v for k, v in dataclasses.asdict(options).items()
                    if k not in ("num_classes", "in_channels", "image_size", "conv_impl")}
   card = checkpoint_lib.ModelCard(
@@ -153,10 +154,13 @@ def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     loss = multilabel.bce_loss(config.train.label_smoothing)
   lr_schedule = optim.make_schedule(config.optim, total_steps=schedule.total_steps,
                                     steps_per_epoch=schedule.steps_per_epoch)
-  optimizer = nnx.Optimizer(model, optim.make_optimizer(config.optim, lr_schedule), wrt=nnx.Param)
+  tx = transfer.make_optimizer(config, model, lr_schedule,
+                               steps_per_epoch=schedule.steps_per_epoch)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   mesh = parallel.make_mesh()
-  steps = Steps.create(model, optimizer, mesh, loss=loss,
-                       batch_transform=augment.device_transform(config.data, card.num_classes))
+  steps = transfer.make_steps(
+      config, model, optimizer, mesh, steps_per_epoch=schedule.steps_per_epoch, loss=loss,
+      batch_transform=augment.device_transform(config.data, card.num_classes))
   train_iter = pipeline.train_iterator(
       train_records, config.data, spec,
       batch_size=config.train.batch_size // jax.process_count(), seed=config.seed)
@@ -183,6 +187,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     changed = config_lib.save_resolved(config, workdir)
     if changed:
       log.warning("config differs from the earlier run in this workdir: %s", ", ".join(changed))
+  if config.transfer.mode == "linear_probe":
+    from vision.train import probe  # pylint: disable=import-outside-toplevel  (probe imports loop)
+    return probe.train_probe(config, workdir)
 
   run = assemble(config, workdir, dataset)
   if parallel.is_main_process():

@@ -90,8 +90,13 @@ class Steps:
   @classmethod
   def create(cls, model: nnx.Module, optimizer: nnx.Optimizer, mesh: jax.sharding.Mesh, *,
              loss: losses.LossFn = losses.classification_loss(),
-             batch_transform: Optional[BatchTransform] = None) -> "Steps":
+             batch_transform: Optional[BatchTransform] = None,
+             configure_train: Optional[Callable[[nnx.Module], None]] = None) -> "Steps":
+    """`configure_train(model)` adjusts the training graph after `model.train()`
+    (transfer learning runs frozen BatchNorm layers on their running statistics)."""
     model.train()
+    if configure_train is not None:
+      configure_train(model)
     train_def, model_state = nnx.split(model)
     model.eval()
     eval_def, _ = nnx.split(model)
