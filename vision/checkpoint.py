@@ -93,6 +93,11 @@ class Checkpoints:
         optimizer=ocp.args.StandardSave(nnx.to_pure_dict(state.optimizer)),
         data=grain.checkpoint.CheckpointSave(data_iterator)))
 
+  def save_model(self, step: int, model: nnx.Module) -> None:
+    """Saves the model's parameters alone (an imported model has no optimizer or data state)."""
+    self.manager.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(_without_rng(nnx.state(model)))))
+
   def restore(self, step: int, like: TrainState,
               data_iterator: grain.DatasetIterator) -> TrainState:
     """`like` with the values saved at `step`; also moves `data_iterator` there."""
@@ -136,6 +141,10 @@ class ModelCard:
   model_options: dict
   # The validation metric that ranks this directory's checkpoints.
   best_metric: str = "val/accuracy"
+  # Evaluation resizing (torchvision's Resize(resize_size) + CenterCrop(image_size)):
+  # the shorter side goes to `resize_size` (None: straight to `image_size`).
+  resize_size: int | None = None
+  interpolation: str = "bilinear"
 
   def options(self) -> ModelOptions:
     return ModelOptions(**{**self.model_options, "num_classes": self.num_classes,
@@ -159,6 +168,15 @@ class ModelCard:
 
   def write(self, workdir: str | os.PathLike) -> None:
     write_text_atomically(pathlib.Path(workdir) / MODEL_CARD, self.to_json())
+
+
+def write_model_dir(workdir: str | os.PathLike, model: nnx.Module, card: ModelCard) -> None:
+  """Writes a model directory holding `model` alone (step 0) and its card."""
+  pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+  checkpoints = Checkpoints(workdir, best_metric=card.best_metric)
+  checkpoints.save_model(0, model)
+  checkpoints.close()
+  card.write(workdir)
 
 
 def load_model(workdir: str | os.PathLike, *, which: str = "best") -> tuple[nnx.Module, ModelCard]:

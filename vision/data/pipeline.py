@@ -36,6 +36,9 @@ class ImageSpec:
   channels: int
   mean: tuple[float, ...]
   std: tuple[float, ...]
+  # Shorter side before the centre crop (None: `size`), and the resampling filter.
+  resize_size: int | None = None
+  interpolation: str = "bilinear"
 
 
 def image_spec(data_config, sample_image: np.ndarray,
@@ -69,24 +72,37 @@ def _match_channels(image: np.ndarray, channels: int) -> np.ndarray:
   raise ValueError(f"cannot convert {image.shape[-1]}-channel images to {channels} channels")
 
 
-def resize_and_center_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """Resizes the shorter side to `size` (bilinear), then crops the centre square."""
+_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def resize_and_center_crop(image: np.ndarray, size: int, resize_size: int | None = None,
+                           interpolation: str = "bilinear") -> np.ndarray:
+  """Resizes the shorter side to `resize_size` (default `size`), then crops the centre square.
+
+  The arithmetic is torchvision's `Resize(resize_size)` + `CenterCrop(size)` on a
+  PIL image, so pretrained models see exactly what they saw in PyTorch.
+  """
   height, width = image.shape[:2]
-  if (height, width) == (size, size):
+  resize_size = resize_size or size
+  if (height, width) == (size, size) and resize_size == size:
     return image
-  scale = size / min(height, width)
-  new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+  short, long = min(height, width), max(height, width)
+  new_short, new_long = resize_size, int(resize_size * long / short)
+  new_h, new_w = (new_short, new_long) if height <= width else (new_long, new_short)
   pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-  resized = np.asarray(pil.resize((new_w, new_h), Image.BILINEAR))
+  if (new_h, new_w) != (height, width):
+    pil = pil.resize((new_w, new_h), _FILTERS[interpolation])
+  resized = np.asarray(pil)
   if resized.ndim == 2:
     resized = resized[..., None]
-  top, left = (new_h - size) // 2, (new_w - size) // 2
+  top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
   return resized[top:top + size, left:left + size]
 
 
 def prepare_image(image: np.ndarray, spec: ImageSpec) -> np.ndarray:
   """A decoded uint8 image → the model's channels and size."""
-  return resize_and_center_crop(_match_channels(np.asarray(image), spec.channels), spec.size)
+  return resize_and_center_crop(_match_channels(np.asarray(image), spec.channels), spec.size,
+                                spec.resize_size, spec.interpolation)
 
 
 def read_batch(records: RecordSource, indices: np.ndarray,

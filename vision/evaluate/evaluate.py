@@ -57,7 +57,8 @@ def write_split_report(labels: np.ndarray, probs: np.ndarray, class_names, workd
 
 
 def card_spec(card: ModelCard) -> ImageSpec:
-  return ImageSpec(card.image_size, card.channels, card.mean, card.std)
+  return ImageSpec(card.image_size, card.channels, card.mean, card.std, card.resize_size,
+                   card.interpolation)
 
 
 def compiled_predict(model: nnx.Module, mesh: jax.sharding.Mesh):

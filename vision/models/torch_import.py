@@ -49,3 +49,78 @@ def import_torch_state(model: nnx.Module, name: str, state_dict: StateDict, sour
     raise WeightImportError(
         f"no PyTorch importer for model {name!r}; importable: {', '.join(sorted(TORCH_IMPORTERS))}")
   TORCH_IMPORTERS[name](model, state_dict, source)
+
+
+def adapt_input_kernel(weight: np.ndarray, in_channels: int) -> np.ndarray:
+  """A first-layer PyTorch kernel [out, c, kh, kw] for `in_channels` inputs instead of c.
+
+  Grey (1 channel) sums the RGB filters, so a grey image repeated to RGB gives
+  the same activations; other counts tile the filters and rescale (as timm does).
+  """
+  have = weight.shape[1]
+  if have == in_channels:
+    return weight
+  if in_channels == 1:
+    return weight.sum(axis=1, keepdims=True)
+  repeats = -(-in_channels // have)
+  return np.tile(weight, (1, repeats, 1, 1))[:, :in_channels] * (have / in_channels)
+
+
+class TorchState:
+  """A state dict being copied into a model: every tensor is used once, leftovers are an error.
+
+      tensors = TorchState(state_dict, source="torchvision")
+      tensors.conv(model.stem.conv, "features.0.0")
+      tensors.norm(model.stem.norm, "features.0.1")
+      tensors.finish()                    # WeightImportError if tensors were left unused
+  """
+
+  # Bookkeeping tensors that carry no weights.
+  IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+  def __init__(self, state_dict: StateDict, source: str):
+    self.tensors = dict(state_dict)
+    self.source = source
+    self.used: set[str] = set()
+
+  def take(self, name: str) -> np.ndarray:
+    if name not in self.tensors:
+      raise WeightImportError(
+          f"the checkpoint has no tensor {name!r}, which a {self.source!r} checkpoint of this "
+          "architecture holds: check --arch and --source")
+    self.used.add(name)
+    return np.asarray(self.tensors[name], np.float32)
+
+  def conv(self, module: nnx.Conv, prefix: str, *, first: bool = False) -> None:
+    """A Conv2d; `first` adapts the input channels of a stem (see `adapt_input_kernel`)."""
+    weight = self.take(f"{prefix}.weight")
+    if first:
+      weight = adapt_input_kernel(weight, module.kernel.shape[2])
+    assign(module.kernel, conv_kernel(weight), f"{prefix}.weight")
+    if module.bias is not None:
+      assign(module.bias, self.take(f"{prefix}.bias"), f"{prefix}.bias")
+
+  def norm(self, module: nnx.BatchNorm, prefix: str) -> None:
+    assign(module.scale, self.take(f"{prefix}.weight"), f"{prefix}.weight")
+    assign(module.bias, self.take(f"{prefix}.bias"), f"{prefix}.bias")
+    assign(module.mean, self.take(f"{prefix}.running_mean"), f"{prefix}.running_mean")
+    assign(module.var, self.take(f"{prefix}.running_var"), f"{prefix}.running_var")
+
+  def linear(self, module: nnx.Linear, prefix: str) -> None:
+    assign(module.kernel, linear_kernel(self.take(f"{prefix}.weight")), f"{prefix}.weight")
+    if module.bias is not None:
+      assign(module.bias, self.take(f"{prefix}.bias"), f"{prefix}.bias")
+
+  def finish(self) -> None:
+    unused = [name for name in self.tensors
+              if name not in self.used and not name.endswith(self.IGNORED_SUFFIXES)]
+    if unused:
+      raise WeightImportError(
+          f"{len(unused)} tensors of the checkpoint do not fit the model (first: {unused[0]!r}): "
+          "check --arch and --source")
+
+
+def check_source(name: str, source: str, sources: tuple[str, ...]) -> None:
+  if source not in sources:
+    raise WeightImportError(
+        f"model {name!r} imports from --source={'|'.join(sources)}, not {source!r}")

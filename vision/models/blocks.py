@@ -1,0 +1,96 @@
+"""Building blocks of the mobile CNN families (MobileNet, EfficientNet): conv-norm-act, SE, drop path.
+
+    stem = ConvNormAct(3, 32, 3, stride=2, activation=jax.nn.relu6, rngs=nnx.Rngs(0))
+    y = stem(images)                                  # images: [B, H, W, C]
+
+Padding is either PyTorch's symmetric `k // 2` (`padding='torch'`), so that
+torchvision / timm weights map one to one, or TensorFlow's asymmetric 'SAME'
+(`padding='same'`) that weights ported from TF (EfficientNet-Lite) were trained with.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from vision.models.layers import Conv
+
+Activation = Callable[[jax.Array], jax.Array]
+
+_kernel_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+  """Channels rounded to a multiple of `divisor`, never below 90% of `value` (as TF/torchvision)."""
+  min_value = min_value or divisor
+  rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+  return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def hard_sigmoid(x: jax.Array) -> jax.Array:
+  """PyTorch's `hardsigmoid`: relu6(x + 3) / 6 (jax.nn.hard_sigmoid is the same function)."""
+  return jax.nn.relu6(x + 3.0) / 6.0
+
+
+def hard_swish(x: jax.Array) -> jax.Array:
+  return x * hard_sigmoid(x)
+
+
+def identity(x: jax.Array) -> jax.Array:
+  return x
+
+
+def conv(in_features: int, out_features: int, kernel: int, stride: int = 1, *, groups: int = 1,
+         padding: str = "torch", use_bias: bool = False, dtype=jnp.float32,
+         rngs: nnx.Rngs) -> Conv:
+  """A square convolution with PyTorch ('torch') or TensorFlow ('same') padding."""
+  pad = "SAME" if padding == "same" else ((kernel // 2, kernel // 2),) * 2
+  return Conv(in_features, out_features, (kernel, kernel), (stride, stride), padding=pad,
+              feature_group_count=groups, use_bias=use_bias, dtype=dtype,
+              kernel_init=_kernel_init, rngs=rngs)
+
+
+def batch_norm(features: int, *, eps: float = 1e-5, dtype=jnp.float32,
+               rngs: nnx.Rngs) -> nnx.BatchNorm:
+  return nnx.BatchNorm(features, momentum=0.9, epsilon=eps, dtype=dtype, rngs=rngs)
+
+
+class ConvNormAct(nnx.Module):
+  """Convolution (no bias), BatchNorm, activation: torchvision's `Conv2dNormActivation`."""
+
+  def __init__(self, in_features: int, out_features: int, kernel: int, stride: int = 1, *,
+               groups: int = 1, activation: Activation = jax.nn.relu, eps: float = 1e-5,
+               padding: str = "torch", dtype=jnp.float32, rngs: nnx.Rngs):
+    self.conv = conv(in_features, out_features, kernel, stride, groups=groups, padding=padding,
+                     dtype=dtype, rngs=rngs)
+    self.norm = batch_norm(out_features, eps=eps, dtype=dtype, rngs=rngs)
+    self.activation = activation
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.activation(self.norm(self.conv(x)))
+
+
+class SqueezeExcite(nnx.Module):
+  """Channel attention: global pool, reduce (1×1 conv + act), expand (1×1 conv + gate), rescale."""
+
+  def __init__(self, features: int, squeeze: int, *, activation: Activation = jax.nn.relu,
+               gate: Activation = jax.nn.sigmoid, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.reduce = conv(features, squeeze, 1, use_bias=True, dtype=dtype, rngs=rngs)
+    self.expand = conv(squeeze, features, 1, use_bias=True, dtype=dtype, rngs=rngs)
+    self.activation, self.gate = activation, gate
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = x.mean(axis=(1, 2), keepdims=True)
+    return x * self.gate(self.expand(self.activation(self.reduce(scale))))
+
+
+def drop_path(rate: float, *, rngs: nnx.Rngs) -> nnx.Dropout:
+  """Stochastic depth for NHWC residual branches: drops whole examples, scaling survivors.
+
+  It is `nnx.Dropout` with the mask broadcast over H, W, C (torchvision's
+  `StochasticDepth(mode='row')`), so `model.eval()` and the train step's reseeding apply.
+  """
+  return nnx.Dropout(rate, broadcast_dims=(1, 2, 3), rngs=rngs)
