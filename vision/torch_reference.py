@@ -36,7 +36,7 @@ def make_torch_model(name: str, num_classes: int, in_channels: int = 3, image_si
                      dropout: float = 0.0, stem: str = "auto") -> nn.Module:
   if name == "small_cnn":
     return _small_cnn(num_classes, in_channels, image_size, widths, hidden, dropout)
-  if name not in ("resnet18", "resnet34", "resnet50"):
+  if name not in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
     raise ValueError(f"no PyTorch twin for model {name!r}")
   model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
   if stem == "small" or (stem == "auto" and image_size < 64):

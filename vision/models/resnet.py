@@ -1,4 +1,4 @@
-"""ResNet-18/34/50 (He et al. 2016) in Flax NNX, laid out like torchvision's.
+"""ResNet-18/34/50/101/152 (He et al. 2016) in Flax NNX, laid out like torchvision's.
 
     model = create_model("resnet18", ModelOptions(num_classes=10, in_channels=3, image_size=32),
                          rngs=nnx.Rngs(0))
@@ -20,8 +20,9 @@ import jax.numpy as jnp
 
 from vision.models import MODELS, ModelOptions
 from vision.models.layers import Conv
+from vision.models.torch_import import TORCH_IMPORTERS, StateDict, TorchState, check_source
 
-_kernel_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+from vision.models.blocks import he_normal_fan_out as _kernel_init, linear  # noqa: E402
 
 
 def conv(in_features: int, out_features: int, kernel: int, stride: int = 1, *, dtype,
@@ -110,7 +111,7 @@ class ResNet(nnx.Module):
     self.blocks = nnx.List(blocks)
     self.stage_sizes = tuple(stage_sizes)
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
-    self.head = nnx.Linear(in_features, num_classes, dtype=dtype, rngs=rngs)
+    self.head = linear(in_features, num_classes, dtype=dtype, rngs=rngs)
 
   def layer_groups(self) -> list[tuple[str, ...]]:
     """The stem, each stage, then the head (see `vision.models`)."""
@@ -137,6 +138,8 @@ _VARIANTS = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet34": (BasicBlock, (3, 4, 6, 3)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+    "resnet152": (Bottleneck, (3, 8, 36, 3)),
 }
 
 
@@ -151,3 +154,28 @@ def _builder(block, stage_sizes):
 
 for _name, (_block, _sizes) in _VARIANTS.items():
   MODELS[_name] = _builder(_block, _sizes)
+
+
+def import_torch(model: ResNet, state_dict: StateDict, source: str) -> None:
+  """torchvision's (and timm's, which uses the same names) `conv1`, `layerS.I...`, `fc`."""
+  check_source("resnet", source, ("torchvision", "timm"))
+  tensors = TorchState(state_dict, source)
+  tensors.conv(model.conv1, "conv1", first=True)
+  tensors.norm(model.bn1, "bn1")
+  index = 0
+  for stage, size in enumerate(model.stage_sizes):
+    for position in range(size):
+      block, prefix = model.blocks[index], f"layer{stage + 1}.{position}"
+      for number in (1, 2, 3) if isinstance(block, Bottleneck) else (1, 2):
+        tensors.conv(getattr(block, f"conv{number}"), f"{prefix}.conv{number}")
+        tensors.norm(getattr(block, f"bn{number}"), f"{prefix}.bn{number}")
+      if block.downsample is not None:
+        tensors.conv(block.downsample.conv, f"{prefix}.downsample.0")
+        tensors.norm(block.downsample.norm, f"{prefix}.downsample.1")
+      index += 1
+  tensors.linear(model.head, "fc")
+  tensors.finish()
+
+
+for _name in _VARIANTS:
+  TORCH_IMPORTERS[_name] = import_torch

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from flax import nnx
+import jax.numpy as jnp
 import numpy as np
 
 StateDict = Mapping[str, np.ndarray]
@@ -41,7 +42,8 @@ def assign(variable: nnx.Variable, value: np.ndarray, name: str) -> None:
   if tuple(variable.shape) != value.shape:
     raise WeightImportError(
         f"tensor {name!r} has shape {value.shape}, the model expects {tuple(variable.shape)}")
-  variable[...] = value.astype(variable.dtype)
+  # A whole new array: `variable[...] = ...` would compile a scatter per shape (seconds per model).
+  variable.set_value(jnp.asarray(value, variable.dtype))
 
 
 def import_torch_state(model: nnx.Module, name: str, state_dict: StateDict, source: str) -> None:
