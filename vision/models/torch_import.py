@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from flax import nnx
+import jax.numpy as jnp
 import numpy as np
 
 StateDict = Mapping[str, np.ndarray]
@@ -41,7 +42,9 @@ def assign(variable: nnx.Variable, value: np.ndarray, name: str) -> None:
   if tuple(variable.shape) != value.shape:
     raise WeightImportError(
         f"tensor {name!r} has shape {value.shape}, the model expects {tuple(variable.shape)}")
-  variable[...] = value.astype(variable.dtype)
+  # A whole new array rather than an in-place update: works on abstract models too
+  # (`nnx.eval_shape`), which skips initialising parameters that are overwritten anyway.
+  variable.set_value(jnp.asarray(value, variable.dtype))
 
 
 def import_torch_state(model: nnx.Module, name: str, state_dict: StateDict, source: str) -> None:
@@ -49,3 +52,57 @@ def import_torch_state(model: nnx.Module, name: str, state_dict: StateDict, sour
     raise WeightImportError(
         f"no PyTorch importer for model {name!r}; importable: {', '.join(sorted(TORCH_IMPORTERS))}")
   TORCH_IMPORTERS[name](model, state_dict, source)
+
+
+class TorchState:
+  """A state dict being copied into a model: every tensor is used once, leftovers are an error.
+
+      tensors = TorchState(state_dict, source="torchvision")
+      tensors.conv(model.stem.conv, "features.0.0")
+      tensors.layer_norm(model.stem.norm, "features.0.1")
+      tensors.finish()                    # WeightImportError if tensors were left unused
+  """
+
+  # Bookkeeping tensors that carry no weights.
+  IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+  def __init__(self, state_dict: StateDict, source: str):
+    self.tensors = dict(state_dict)
+    self.source = source
+    self.used: set[str] = set()
+
+  def take(self, name: str) -> np.ndarray:
+    if name not in self.tensors:
+      raise WeightImportError(
+          f"the checkpoint has no tensor {name!r}, which a {self.source!r} checkpoint of this "
+          "architecture holds: check --arch and --source")
+    self.used.add(name)
+    return np.asarray(self.tensors[name], np.float32)
+
+  def conv(self, module: nnx.Conv, prefix: str) -> None:
+    assign(module.kernel, conv_kernel(self.take(f"{prefix}.weight")), f"{prefix}.weight")
+    if module.bias is not None:
+      assign(module.bias, self.take(f"{prefix}.bias"), f"{prefix}.bias")
+
+  def linear(self, module: nnx.Linear, prefix: str) -> None:
+    assign(module.kernel, linear_kernel(self.take(f"{prefix}.weight")), f"{prefix}.weight")
+    if module.bias is not None:
+      assign(module.bias, self.take(f"{prefix}.bias"), f"{prefix}.bias")
+
+  def layer_norm(self, module: nnx.LayerNorm, prefix: str) -> None:
+    assign(module.scale, self.take(f"{prefix}.weight"), f"{prefix}.weight")
+    assign(module.bias, self.take(f"{prefix}.bias"), f"{prefix}.bias")
+
+  def finish(self) -> None:
+    unused = [name for name in self.tensors
+              if name not in self.used and not name.endswith(self.IGNORED_SUFFIXES)]
+    if unused:
+      raise WeightImportError(
+          f"{len(unused)} tensors of the checkpoint do not fit the model (first: {unused[0]!r}): "
+          "check --arch and --source")
+
+
+def check_source(name: str, source: str, sources: tuple[str, ...]) -> None:
+  if source not in sources:
+    raise WeightImportError(
+        f"model {name!r} imports from --source={'|'.join(sources)}, not {source!r}")
