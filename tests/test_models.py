@@ -68,7 +68,8 @@ def _parameter_paths(model: nnx.Module) -> list[str]:
   return [".".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "resnet50"])
+@pytest.mark.parametrize("name", [
+    "small_cnn", "resnet18", "resnet50", "vit_ti16", "convnext_tiny"])
 def test_every_model_has_head_features_and_layer_groups(name):
   # The contract of vision.models that transfer learning relies on.
   model = create_model(name, ModelOptions(num_classes=5, in_channels=3, image_size=32),

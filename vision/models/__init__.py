@@ -70,4 +70,4 @@ def create_model(name: str, options: ModelOptions, *, rngs: nnx.Rngs) -> nnx.Mod
 
 
 # Importing the families fills MODELS.
-from vision.models import efficientnet, mobilenet, resnet, small_cnn  # noqa: E402,F401  pylint: disable=wrong-import-position
+from vision.models import convnext, efficientnet, mobilenet, resnet, small_cnn, vit  # noqa: E402,F401  pylint: disable=wrong-import-position

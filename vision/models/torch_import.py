@@ -42,7 +42,8 @@ def assign(variable: nnx.Variable, value: np.ndarray, name: str) -> None:
   if tuple(variable.shape) != value.shape:
     raise WeightImportError(
         f"tensor {name!r} has shape {value.shape}, the model expects {tuple(variable.shape)}")
-  # A whole new array: `variable[...] = ...` would compile a scatter per shape (seconds per model).
+  # A whole new array: `variable[...] = ...` would compile a scatter per shape, and a new
+  # array also works on abstract models (`nnx.eval_shape`).
   variable.set_value(jnp.asarray(value, variable.dtype))
 
 
@@ -112,6 +113,10 @@ class TorchState:
     assign(module.kernel, linear_kernel(self.take(f"{prefix}.weight")), f"{prefix}.weight")
     if module.bias is not None:
       assign(module.bias, self.take(f"{prefix}.bias"), f"{prefix}.bias")
+
+  def layer_norm(self, module: nnx.LayerNorm, prefix: str) -> None:
+    assign(module.scale, self.take(f"{prefix}.weight"), f"{prefix}.weight")
+    assign(module.bias, self.take(f"{prefix}.bias"), f"{prefix}.bias")
 
   def finish(self) -> None:
     unused = [name for name in self.tensors
