@@ -1,4 +1,4 @@
-"""Distils a Fashion-MNIST CNN (the quickstart's) into a CNN with ~15x fewer parameters.
+"""Distils a Fashion-MNIST CNN (the quickstart's, 164k parameters) into one of 27k parameters.
 
 Commands (teacher first, then the distilled student and, for comparison, the
 same student trained alone with the same data, steps and seed):
@@ -13,13 +13,28 @@ same student trained alone with the same data, steps and seed):
 Arguments: `teacher=DIR` (a model directory; `DIR1+DIR2+...` is an ensemble
 teacher), `alone` (no teacher: the baseline), `temperature=T`, `smoke`.
 
-Setting: 10,000 training examples (a 3-epoch budget, 237 steps of 128), the
+Setting: 10,000 training examples (a 3-epoch budget, 234 steps of 128), the
 full 6,000-example validation split and 10,000-example test split. Student:
-two conv stages (8, 16), hidden layer 32 (~15x fewer parameters than the
-teacher's 24/48/96 + 128). Distillation: T = 4, loss = 0.5·T²·KL + 0.5·CE
+two conv stages (8, 16), hidden layer 32: 26,722 parameters, 6.2x fewer than
+the teacher's 164,402 (stages 24/48/96, hidden 128), trained with the
+teacher's recipe on the same 10,000 examples for 3 epochs. Distillation: T = 4, loss = 0.5·T²·KL + 0.5·CE
 (teacher and student see the same flipped batch).
 
-Measured result: MEASURED_RESULT
+Measured result (2026-11-29, shared 2-core CPU under heavy load from other
+jobs, so wall times are inflated several-fold; CPU user time in brackets):
+
+| run                                 | test acc | val acc | val agreement | wall (user) |
+|-------------------------------------|----------|---------|---------------|-------------|
+| teacher (fashion_mnist.py, 3 ep.)   | 0.8733   | 0.8797  |               | 763 s (68 s)|
+| student distilled, T=4, w=0.5       | 0.8538   | 0.8608  | 0.9278        | 634 s (54 s)|
+| student alone (`:alone`)            | 0.8573   | 0.8618  |               | 558 s (40 s)|
+
+At this short budget the distilled student does NOT beat the student trained
+alone: it is 0.35 points worse on test (0.10 on validation), while agreeing with
+the teacher on 92.8% of validation images. The student alone already gets within
+1.6 points of the teacher; distillation's gains reported in the literature
+(big_vision's "patient and consistent") come with far longer schedules, which
+this shared machine could not afford here.
 """
 
 from vision import config as config_lib

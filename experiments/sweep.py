@@ -43,7 +43,10 @@ def _config_argument() -> tuple[str, str, str | None, list[str]]:
 
 def main(argv: list[str]) -> None:
   common.reject_extra_arguments(argv)
-  config_lib.validate(_CONFIG.value)  # The base config must be sound before any trial starts.
+  # The base config must be sound before any trial starts. Without touching JAX's devices: a
+  # driver with JAX's threads running must not fork its trial processes.
+  config = config_lib.validate(_CONFIG.value, check_environment=False)
+  config_lib._check_source_exists(config.data.source)  # pylint: disable=protected-access
   value, config_file, config_arg, overrides = _config_argument()
   spec = sweep_lib.load_sweep(config_file, config_arg)
   sweep = sweep_lib.Sweep(
