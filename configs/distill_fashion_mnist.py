@@ -5,7 +5,8 @@ same student trained alone with the same data, steps and seed):
 
     python -m experiments.train --config=configs/fashion_mnist.py --workdir=runs/fmnist_teacher \
         --config.data.max_train_examples=10000 --config.train.epochs=3
-    python -m experiments.train --config=configs/distill_fashion_mnist.py:teacher=runs/fmnist_teacher \
+    python -m experiments.train \
+        --config=configs/distill_fashion_mnist.py:teacher=runs/fmnist_teacher \
         --workdir=runs/fmnist_student
     python -m experiments.train --config=configs/distill_fashion_mnist.py:alone \
         --workdir=runs/fmnist_student_alone
@@ -17,7 +18,8 @@ Setting: 10,000 training examples (a 3-epoch budget, 234 steps of 128), the
 full 6,000-example validation split and 10,000-example test split. Student:
 two conv stages (8, 16), hidden layer 32: 26,722 parameters, 6.2x fewer than
 the teacher's 164,402 (stages 24/48/96, hidden 128), trained with the
-teacher's recipe on the same 10,000 examples for 3 epochs. Distillation: T = 4, loss = 0.5·T²·KL + 0.5·CE
+teacher's recipe on the same 10,000 examples for 3 epochs. Distillation: T = 4,
+loss = 0.5·T²·KL + 0.5·CE
 (teacher and student see the same flipped batch).
 
 Measured result (2026-11-29, shared 2-core CPU under heavy load from other

@@ -37,12 +37,14 @@ def test_ranges_become_optuna_distributions():
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"method": "grid", "parameters": {"optim.lerning_rate": [0.1]}}, "did you mean 'optim.learning_rate'"),
-    ({"method": "grid", "parameters": {"optim.learning_rate": {"uniform": (0, 1)}}}, "lists of values only"),
+    ({"method": "grid", "parameters": {"optim.lerning_rate": [0.1]}},
+     "did you mean 'optim.learning_rate'"),
+    ({"method": "grid", "parameters": {"optim.learning_rate": {"uniform": (0, 1)}}},
+     "lists of values only"),
     ({"method": "bayes", "parameters": {"seed": [1]}}, "['method'] is 'bayes'"),
     ({"method": "random", "parameters": {"seed": [1, 2]}}, "['num_trials'] must be a positive int"),
-    ({"method": "tpe", "num_trials": 3, "parameters": {"optim.learning_rate": {"log_uniform": (0, 1)}}},
-     "log_uniform needs low > 0"),
+    ({"method": "tpe", "num_trials": 3,
+      "parameters": {"optim.learning_rate": {"log_uniform": (0, 1)}}}, "log_uniform needs low > 0"),
     ({"method": "tpe", "num_trials": 3, "parameters": {"model.dropout": {"normal": (0, 1)}}},
      "must be a list of choices"),
     ({"method": "grid", "parameters": {}}, "non-empty dict"),
