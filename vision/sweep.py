@@ -495,6 +495,7 @@ def plot_results(rows: list[dict], spec: SweepSpec, path: pathlib.Path) -> None:
   # pylint: disable=import-outside-toplevel
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+  from matplotlib.ticker import NullFormatter
   done = [r for r in rows if r["status"] == "COMPLETE" and spec.metric in r]
   figure = Figure(figsize=(4 * len(spec.params), 3.2), layout="constrained")
   FigureCanvasAgg(figure)
@@ -507,8 +508,14 @@ def plot_results(rows: list[dict], spec: SweepSpec, path: pathlib.Path) -> None:
       ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
     else:
       xs = [r[param.key] for r in done]
+      # The whole searched range, so a few trials are seen in context.
       if param.kind == "log_uniform":
         ax.set_xscale("log")
+        ax.set_xlim(param.low / 1.2, param.high * 1.2)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+      else:
+        margin = 0.05 * (param.high - param.low)
+        ax.set_xlim(param.low - margin, param.high + margin)
     ax.scatter(xs, ys, color="tab:blue")
     ax.set_xlabel(param.key)
     ax.set_ylabel(spec.metric)
