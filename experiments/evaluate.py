@@ -1,9 +1,13 @@
-"""Evaluates a trained model directory on one split.
+"""Evaluates a trained model directory, or an ensemble of them, on one split.
 
     python -m experiments.evaluate --workdir=runs/fashion_mnist [--split=test] [--which=best]
+    python -m experiments.evaluate --workdir=runs/a --workdir=runs/b [--output_dir=DIR]
 
-Writes WORKDIR/eval/<split>/report.json and confusion_matrix.png, logs the
-same numbers to the run's W&B run, and prints a per-class summary.
+One workdir: writes WORKDIR/eval/<split>/report.json and confusion_matrix.png,
+logs the same numbers to the run's W&B run, and prints a per-class summary.
+Several: the ensemble (mean of the members' probabilities) and each member
+side by side; the ensemble's report and members.json go to --output_dir
+(default FIRST_WORKDIR/eval/ensemble/<split>/).
 """
 
 from absl import flags
@@ -13,35 +17,45 @@ from vision import config as config_lib
 from vision import logging as logging_lib
 from vision import parallel
 from vision.checkpoint import Checkpoints
+from vision.evaluate import ensemble as ensemble_lib
 from vision.evaluate import evaluate as evaluate_lib
 from vision.evaluate import report as report_lib
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A model directory written by experiments.train.")
+_WORKDIR = flags.DEFINE_multi_string(
+    "workdir", None, "A model directory written by experiments.train; repeat for an ensemble.")
 _SPLIT = flags.DEFINE_string("split", "test", "The split to evaluate: train, val or test.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"],
                            "Which checkpoint: best by the validation metric, or the latest.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Ensembles only: where the ensemble's report goes.")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv: list[str]) -> None:
   common.reject_extra_arguments(argv)
   parallel.initialize_distributed()
-  report = evaluate_lib.evaluate_workdir(_WORKDIR.value, _SPLIT.value, which=_WHICH.value)
+  if len(_WORKDIR.value) > 1:
+    result = ensemble_lib.evaluate_ensemble(_WORKDIR.value, _SPLIT.value, which=_WHICH.value,
+                                            output_dir=_OUTPUT_DIR.value)
+    print(ensemble_lib.format_comparison(result))
+    return
+  workdir = _WORKDIR.value[0]
+  report = evaluate_lib.evaluate_workdir(workdir, _SPLIT.value, which=_WHICH.value)
   if parallel.is_main_process():
-    _log_to_wandb(report)
+    _log_to_wandb(report, workdir)
   print(report_lib.format_summary(report))
 
 
-def _log_to_wandb(report: dict) -> None:
+def _log_to_wandb(report: dict, workdir: str) -> None:
   """Adds the report to the training run's W&B run (resumed by its id)."""
-  config = config_lib.load_resolved(_WORKDIR.value)
+  config = config_lib.load_resolved(workdir)
   run = logging_lib.init_wandb(
-      config.to_dict(), _WORKDIR.value, project=config.wandb.project,
+      config.to_dict(), workdir, project=config.wandb.project,
       entity=config.wandb.entity, name=config.wandb.name, group=config.wandb.group,
       mode=config.wandb.mode)
   writer = logging_lib.WandbWriter(run)
-  step = Checkpoints(_WORKDIR.value, read_only=True).latest_step() or 0
-  evaluate_lib.publish(writer, report, _SPLIT.value, step, _WORKDIR.value)
+  step = Checkpoints(workdir, read_only=True).latest_step() or 0
+  evaluate_lib.publish(writer, report, _SPLIT.value, step, workdir)
   writer.close()
 
 

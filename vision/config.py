@@ -167,6 +167,15 @@ def defaults() -> ml_collections.ConfigDict:
   c.optim.step_factor = 0.1
   c.optim.grad_clip_norm = ml_collections.config_dict.placeholder(float)
 
+  # Knowledge distillation (vision/train/distill.py); no teachers: plain training.
+  c.distill = ml_collections.ConfigDict()
+  # Model directories of the teacher; several form an ensemble (mean of probabilities).
+  c.distill.teachers = ()
+  # Softmax temperature of teacher and student in the KL term.
+  c.distill.temperature = 1.0
+  # loss = (1 - w) * T^2 * KL(teacher || student) + w * cross-entropy with the labels.
+  c.distill.hard_label_weight = 0.0
+
   c.wandb = ml_collections.ConfigDict()
   c.wandb.project = ml_collections.config_dict.placeholder(str)
   c.wandb.entity = ml_collections.config_dict.placeholder(str)
@@ -308,6 +317,12 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
     raise ConfigError("config key 'train.imbalance_threshold' must be >= 1 (a largest/smallest "
                       f"class ratio) or None, got {c.train.imbalance_threshold}")
   _check_transfer(c)
+  if not c.distill.temperature > 0:
+    raise ConfigError(
+        f"config key 'distill.temperature' must be > 0, got {c.distill.temperature}")
+  if not 0 <= c.distill.hard_label_weight <= 1:
+    raise ConfigError(f"config key 'distill.hard_label_weight' must be in [0, 1], "
+                      f"got {c.distill.hard_label_weight}")
   if len(c.data.mean) != len(c.data.std):
     raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
 

@@ -79,9 +79,9 @@ def eval_batch_size(requested: int) -> int:
   return -(-requested // devices) * devices
 
 
-def evaluate_workdir(workdir: str | os.PathLike, split: str = "test", *,
-                     which: str = "best") -> dict:
-  """Evaluates the model directory on `split` of the data it was trained on."""
+def predict_workdir(workdir: str | os.PathLike, split: str = "test", *,
+                    which: str = "best") -> tuple[np.ndarray, np.ndarray, ModelCard]:
+  """Labels [N], probabilities [N, C] and the card of a model directory on `split`."""
   config = config_lib.load_resolved(workdir)
   model, card = load_model(workdir, which=which)
   dataset, _ = open_from_config(config.data)
@@ -97,4 +97,11 @@ def evaluate_workdir(workdir: str | os.PathLike, split: str = "test", *,
       compiled_predict(model, mesh), records, card_spec(card),
       batch_size=eval_batch_size(config.train.eval_batch_size), mesh=mesh,
       worker_count=config.data.worker_count)
+  return labels, probs, card
+
+
+def evaluate_workdir(workdir: str | os.PathLike, split: str = "test", *,
+                     which: str = "best") -> dict:
+  """Evaluates the model directory on `split` of the data it was trained on."""
+  labels, probs, card = predict_workdir(workdir, split, which=which)
   return write_split_report(labels, probs, card.class_names, workdir, split)

@@ -36,7 +36,7 @@ from vision.data.sources import Dataset, RecordSource, record_labels
 from vision.evaluate import evaluate as evaluate_lib
 from vision.evaluate.inference import predict_split
 from vision.models import ModelOptions, create_model
-from vision.train import imbalance, multilabel, optim, transfer
+from vision.train import distill, imbalance, multilabel, optim, transfer
 from vision.train.progress import Progress
 from vision.train.step import Steps, TrainState
 
@@ -130,6 +130,8 @@ class Run:
   checkpoints: checkpoint_lib.Checkpoints
   test_records: RecordSource | None = None  # multi-label runs score the test split themselves
   multi_label: bool = False
+  # The teacher of a distillation run (config.distill.teachers), else None.
+  distiller: distill.Distiller | None = None
 
 
 def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
@@ -158,9 +160,15 @@ def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                                steps_per_epoch=schedule.steps_per_epoch)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   mesh = parallel.make_mesh()
+  batch_transform = augment.device_transform(config.data, card.num_classes)
+  distiller = None
+  if config.distill.teachers:
+    distiller = distill.Distiller.create(config.distill, card, mesh)
+    loss = distiller.loss(config.train.label_smoothing)
+    batch_transform = distiller.batch_transform(batch_transform)
   steps = transfer.make_steps(
       config, model, optimizer, mesh, steps_per_epoch=schedule.steps_per_epoch, loss=loss,
-      batch_transform=augment.device_transform(config.data, card.num_classes))
+      batch_transform=batch_transform)
   train_iter = pipeline.train_iterator(
       train_records, config.data, spec,
       batch_size=config.train.batch_size // jax.process_count(), seed=config.seed)
@@ -171,7 +179,7 @@ def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     test_records = pipeline.limit_examples(
         dataset.split(config.data.test_split), config.data.max_eval_examples)
   return Run(config, workdir, schedule, spec, card, val_records, mesh, steps, lr_schedule,
-             train_iter, checkpoints, test_records, dataset.multi_label)
+             train_iter, checkpoints, test_records, dataset.multi_label, distiller)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -261,7 +269,13 @@ def _validate(run: Run, state: TrainState) -> dict[str, float]:
       worker_count=run.config.data.worker_count)
   report = evaluate_lib.write_split_report(
       labels, probs, run.card.class_names, run.workdir, run.config.data.val_split)
-  return evaluate_lib.split_scalars(report, "val")
+  scalars = evaluate_lib.split_scalars(report, "val")
+  if run.distiller is not None:
+    scalars.update(run.distiller.val_scalars(
+        labels, probs, run.val_records, run.spec,
+        batch_size=evaluate_lib.eval_batch_size(run.config.train.eval_batch_size),
+        worker_count=run.config.data.worker_count))
+  return scalars
 
 
 def _validate_multi_label(run: Run, state: TrainState) -> dict[str, float]:

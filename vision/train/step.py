@@ -6,8 +6,9 @@
     probs = steps.predict(state, batch)
 
 The objective is pluggable: `loss(logits, batch)` returns the scalar to
-minimise, and an optional `batch_transform(batch, rng)` rewrites the sharded
-batch on device before the forward pass (mixup, a teacher's predictions, ...).
+minimise (or `(scalar, {name: metric})`, which logs the metrics too), and an
+optional `batch_transform(batch, rng)` rewrites the sharded batch on device
+before the forward pass (mixup, a teacher's predictions, ...).
 
 `TrainState` is a plain pytree of nnx states (model and optimizer); the
 graph definitions stay static inside the compiled functions. The training
@@ -53,9 +54,12 @@ def _train_step(model_def, optimizer_def, loss: losses.LossFn,
 
   def loss_fn(model):
     logits = model(batch["image"])
-    return loss(logits, batch), logits
+    value = loss(logits, batch)
+    # A loss may also return metrics of its own: (value, {"train/kl": ...}).
+    value, extra = value if isinstance(value, tuple) else (value, {})
+    return value, (logits, extra)
 
-  (loss_value, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+  (loss_value, (logits, extra)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
   grad_norm = optax.tree.norm(grads)
   optimizer.update(model, grads)
   finite = jnp.isfinite(loss_value) & jnp.isfinite(grad_norm)
@@ -66,6 +70,7 @@ def _train_step(model_def, optimizer_def, loss: losses.LossFn,
       "train/accuracy": (logits.argmax(-1) == batch["label"]).mean(),
       "train/grad_norm": grad_norm,
       "nonfinite": 1 - finite.astype(jnp.int32),
+      **extra,
   }
   return new_state, metrics
 
