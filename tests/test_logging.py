@@ -150,8 +150,8 @@ def test_second_init_in_same_workdir_resumes_the_run(offline, tmp_path, monkeypa
     writer.write_scalars(step, {"loss": 10.0 + step})
   writer.close()
 
-  files = wandb_offline.find_run_files(workdir)
-  assert len(files) == 2 and all(f.name == f"run-{run_id}.wandb" for f in files)
+  files = wandb_offline.wait_for_run_files(workdir, count=2)
+  assert all(f.name == f"run-{run_id}.wandb" for f in files)
   histories = [[_user_keys(r) for r in wandb_offline.read_history(f)] for f in files]
   assert histories == [
     [{"_step": s, "loss": float(s)} for s in range(3)],

@@ -142,21 +142,32 @@ def read_records(path: str | os.PathLike) -> list[wandb_internal_pb2.Record]:
   return records
 
 
-def wait_for_run_file(workdir: str | os.PathLike, timeout: float = 30.0) -> pathlib.Path:
-  """``find_run_file``, once its last record is the run's ``exit`` record."""
+def wait_for_run_files(workdir: str | os.PathLike, count: int = 1,
+                       timeout: float = 30.0) -> list[pathlib.Path]:
+  """``find_run_files``, once there are ``count`` of them and each ends with its ``exit`` record.
+
+  ``run.finish()`` can return before W&B's service has flushed the file on a
+  loaded machine, so tests that read a run back wait for this.
+  """
   deadline = time.monotonic() + timeout
   while True:
     try:
-      path = find_run_file(workdir)
-      records = read_records(path)
-      if records and records[-1].WhichOneof("record_type") == "exit":
-        return path
+      paths = find_run_files(workdir)
+      if len(paths) == count and all(
+          (records := read_records(path)) and records[-1].WhichOneof("record_type") == "exit"
+          for path in paths):
+        return paths
     except (FileNotFoundError, ValueError):
       if time.monotonic() > deadline:
         raise
     if time.monotonic() > deadline:
-      raise TimeoutError(f"no finished W&B run under {workdir}/wandb")
+      raise TimeoutError(f"not {count} finished W&B run(s) under {workdir}/wandb")
     time.sleep(0.05)
+
+
+def wait_for_run_file(workdir: str | os.PathLike, timeout: float = 30.0) -> pathlib.Path:
+  """``find_run_file``, once its last record is the run's ``exit`` record."""
+  return wait_for_run_files(workdir, 1, timeout)[0]
 
 
 # --- Decoding ----------------------------------------------------------------
