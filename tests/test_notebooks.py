@@ -15,7 +15,8 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
 def test_there_are_notebooks():
-  assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "sweep_analysis", "distillation"}
+  assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "sweep_analysis", "distillation",
+                                       "transfer_learning"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
