@@ -38,6 +38,14 @@ def read_results(workdir: pathlib.Path) -> list[dict]:
     return list(csv.DictReader(file))
 
 
+def trial_states(workdir: pathlib.Path) -> dict[int, str]:
+  """Trial number → state name, read from the sweep's Optuna database."""
+  import optuna  # pylint: disable=import-outside-toplevel
+  study = optuna.load_study(study_name=None, storage=f"sqlite:///{workdir / sweep_lib.DATABASE}")
+  return {trial.number: trial.state.name for trial in study.get_trials(deepcopy=False)
+          if trial.state != optuna.trial.TrialState.WAITING}
+
+
 def run_group_and_ids(trial_dir: pathlib.Path) -> tuple[set[str], set[str]]:
   groups, ids = set(), set()
   for path in wandb_offline.find_run_files(trial_dir):
@@ -71,11 +79,13 @@ def sweep_dir(tmp_path_factory) -> pathlib.Path:
   driver.send_signal(signal.SIGKILL)  # No chance to clean up: the database says RUNNING.
   driver.wait()
   driver.stderr.close()
-  before = {row["trial"]: row for row in read_results(workdir)}
-  finished = {k for k, row in before.items() if row["status"] in ("COMPLETE", "FAIL")}
-  interrupted = {k for k, row in before.items() if row["status"] == "RUNNING"}
+  # The database, not results.csv (rewritten just after each trial is told), is what the
+  # resumed driver acts on: a kill between the two leaves the CSV one trial behind.
+  before = trial_states(workdir)
+  finished = {k for k, state in before.items() if state in ("COMPLETE", "FAIL")}
+  interrupted = {k for k, state in before.items() if state == "RUNNING"}
   snapshots = {k: (workdir / f"trial-{k}" / "metrics.jsonl").read_bytes()
-               for k in finished if before[k]["status"] == "COMPLETE"}
+               for k in finished if before[k] == "COMPLETE"}
 
   result = run_module("experiments.sweep", *args,
                       extra_env={"WANDB_MODE": "offline", "WANDB_SILENT": "true",

@@ -29,6 +29,7 @@ import numpy as np
 
 from vision import config as config_lib
 from vision.checkpoint import ModelCard, load_model
+from vision.models import layers
 from vision.config import ConfigError
 from vision.data import open_from_config, pipeline
 from vision.data.sources import RecordSource
@@ -254,6 +255,9 @@ def export_workdir(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
   if int8 and fmt not in ("tflite", "onnx"):
     raise ConfigError(f"--int8 is for --format=tflite or --format=onnx, not {fmt}")
   model, card = load_model(workdir)
+  # Exported graphs keep XLA's own convolution: TFLite and ONNX have native conv kernels, and
+  # the CPU matmul lowering's reshapes do not survive tf2onnx with a free batch dimension.
+  layers.set_conv_impl(model, "lax")
   dataset, data_config = _open_splits(workdir, data)
   spec = card_spec(card)
   records = pipeline.limit_examples(dataset.split(data_config.val_split), max_examples)
