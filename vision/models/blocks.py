@@ -134,3 +134,22 @@ def stage_groups(stage_sizes: Sequence[int], tail: tuple[str, ...]) -> list[tupl
     start += size
   groups[-1] += tail
   return groups
+
+
+class PooledConvNet(nnx.Module):
+  """The shared ends of MobileNetV2 and EfficientNet: `stem` → `blocks` → 1×1 conv `last` →
+  global average pool → `dropout` → `head`, with `stage_sizes` giving the stages of `blocks`."""
+
+  def layer_groups(self) -> list[tuple[str, ...]]:
+    """The stem, each stage (the last with the final 1×1 conv), then the head."""
+    return stage_groups(self.stage_sizes, ("last",)) + [("head",)]
+
+  def features(self, x: jax.Array) -> jax.Array:
+    """Pooled features before the classifier, [B, D]."""
+    x = self.stem(x)
+    for block in self.blocks:
+      x = block(x)
+    return self.last(x).mean(axis=(1, 2))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.head(self.dropout(self.features(x))).astype(jnp.float32)

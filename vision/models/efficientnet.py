@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from vision.models import MODELS, ModelOptions
-from vision.models.blocks import (Activation, ConvNormAct, SqueezeExcite, drop_path, identity,
+from vision.models.blocks import (PooledConvNet, Activation, ConvNormAct, SqueezeExcite, drop_path, identity,
                                   linear, make_divisible, stage_groups)
 from vision.models.torch_import import TORCH_IMPORTERS, StateDict, TorchState, check_source
 
@@ -82,7 +82,7 @@ class MBConv(nnx.Module):
     return x + self.drop_path(y) if self.residual else y
 
 
-class EfficientNet(nnx.Module):
+class EfficientNet(PooledConvNet):
 
   def __init__(self, variant: Variant, num_classes: int, in_channels: int = 3, *,
                dropout: float = 0.0, drop_path_rate: float = 0.0, dtype=jnp.float32,
@@ -108,20 +108,6 @@ class EfficientNet(nnx.Module):
     self.last = ConvNormAct(features, last, 1, activation=activation, **common)
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
     self.head = linear(last, num_classes, dtype=dtype, rngs=rngs)
-
-  def layer_groups(self) -> list[tuple[str, ...]]:
-    """The stem, each of the 7 stages (the last with the final 1×1 conv), then the head."""
-    return stage_groups(self.stage_sizes, ("last",)) + [("head",)]
-
-  def features(self, x: jax.Array) -> jax.Array:
-    """Pooled features before the classifier, [B, D]."""
-    x = self.stem(x)
-    for block in self.blocks:
-      x = block(x)
-    return self.last(x).mean(axis=(1, 2))
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.head(self.dropout(self.features(x))).astype(jnp.float32)
 
 
 def scaled_stages(variant: Variant) -> list[Stage]:

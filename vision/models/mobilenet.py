@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from vision.models import MODELS, ModelOptions
 from vision.models.torch_import import TORCH_IMPORTERS, StateDict, TorchState, check_source
-from vision.models.blocks import (ConvNormAct, SqueezeExcite, batch_norm, conv, hard_sigmoid,
+from vision.models.blocks import (PooledConvNet, ConvNormAct, SqueezeExcite, batch_norm, conv, hard_sigmoid,
                                   hard_swish, identity, linear, make_divisible, stage_groups)
 
 # --------------------------------------------------------------------------- V2
@@ -53,7 +53,7 @@ _V2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96
               (6, 160, 3, 2), (6, 320, 1, 1))
 
 
-class MobileNetV2(nnx.Module):
+class MobileNetV2(PooledConvNet):
 
   def __init__(self, num_classes: int, in_channels: int = 3, *, width: float = 1.0,
                dropout: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
@@ -72,20 +72,6 @@ class MobileNetV2(nnx.Module):
     self.last = ConvNormAct(features, last, 1, activation=jax.nn.relu6, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
     self.head = linear(last, num_classes, dtype=dtype, rngs=rngs)
-
-  def layer_groups(self) -> list[tuple[str, ...]]:
-    """The stem, each stage (the last with the 1×1 conv to 1280), then the head."""
-    return stage_groups(self.stage_sizes, ("last",)) + [("head",)]
-
-  def features(self, x: jax.Array) -> jax.Array:
-    """Pooled features before the classifier, [B, 1280]."""
-    x = self.stem(x)
-    for block in self.blocks:
-      x = block(x)
-    return self.last(x).mean(axis=(1, 2))
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.head(self.dropout(self.features(x))).astype(jnp.float32)
 
 
 def _build_v2(options: ModelOptions, rngs: nnx.Rngs) -> MobileNetV2:
