@@ -153,3 +153,19 @@ class PooledConvNet(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.head(self.dropout(self.features(x))).astype(jnp.float32)
+
+
+class InvertedBottleneck(nnx.Module):
+  """The forward pass of EfficientNet's MBConv and MobileNetV3's block: optional 1×1 `expand`,
+  `depthwise`, optional squeeze-excite `se`, linear `project`, and the shortcut when `residual`
+  (through `drop_path` when the family uses stochastic depth, else `drop_path` is None)."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = x if self.expand is None else self.expand(x)
+    y = self.depthwise(y)
+    if self.se is not None:
+      y = self.se(y)
+    y = self.project(y)
+    if not self.residual:
+      return y
+    return x + (y if self.drop_path is None else self.drop_path(y))

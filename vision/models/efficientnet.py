@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from vision.models import MODELS, ModelOptions
-from vision.models.blocks import (PooledConvNet, Activation, ConvNormAct, SqueezeExcite, drop_path, identity,
-                                  linear, make_divisible, stage_groups)
+from vision.models.blocks import (Activation, ConvNormAct, InvertedBottleneck, PooledConvNet,
+                                  SqueezeExcite, drop_path, identity, linear, make_divisible,
+                                  stage_groups)
 from vision.models.torch_import import TORCH_IMPORTERS, StateDict, TorchState, check_source
 
 
@@ -55,7 +56,7 @@ class Variant:
   eps: float = 1e-5
 
 
-class MBConv(nnx.Module):
+class MBConv(InvertedBottleneck):
   """Mobile inverted bottleneck: 1×1 expand, k×k depthwise, squeeze-excite, 1×1 project."""
 
   def __init__(self, in_features: int, out_features: int, expand_ratio: int, kernel: int,
@@ -72,14 +73,6 @@ class MBConv(nnx.Module):
     self.project = ConvNormAct(hidden, out_features, 1, activation=identity, **common)
     self.residual = stride == 1 and in_features == out_features
     self.drop_path = drop_path(drop_path_rate if self.residual else 0.0, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    y = x if self.expand is None else self.expand(x)
-    y = self.depthwise(y)
-    if self.se is not None:
-      y = self.se(y)
-    y = self.project(y)
-    return x + self.drop_path(y) if self.residual else y
 
 
 class EfficientNet(PooledConvNet):

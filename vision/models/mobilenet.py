@@ -22,8 +22,9 @@ import jax.numpy as jnp
 
 from vision.models import MODELS, ModelOptions
 from vision.models.torch_import import TORCH_IMPORTERS, StateDict, TorchState, check_source
-from vision.models.blocks import (PooledConvNet, ConvNormAct, SqueezeExcite, batch_norm, conv, hard_sigmoid,
-                                  hard_swish, identity, linear, make_divisible, stage_groups)
+from vision.models.blocks import (ConvNormAct, InvertedBottleneck, PooledConvNet, SqueezeExcite,
+                                  batch_norm, conv, hard_sigmoid, hard_swish, identity, linear,
+                                  make_divisible, stage_groups)
 
 # --------------------------------------------------------------------------- V2
 
@@ -115,7 +116,7 @@ _V3_SMALL = (
 _V3_EPS = 1e-3
 
 
-class InvertedResidualV3(nnx.Module):
+class InvertedResidualV3(InvertedBottleneck):
   """MobileNetV3 bottleneck: expand, depthwise, optional hard-sigmoid SE, linear projection."""
 
   def __init__(self, in_features: int, spec: BlockV3, *, dtype, rngs: nnx.Rngs):
@@ -129,14 +130,7 @@ class InvertedResidualV3(nnx.Module):
                              dtype=dtype, rngs=rngs) if spec.squeeze_excite else None)
     self.project = ConvNormAct(spec.expanded, spec.out_features, 1, activation=identity, **common)
     self.residual = spec.stride == 1 and in_features == spec.out_features
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    y = x if self.expand is None else self.expand(x)
-    y = self.depthwise(y)
-    if self.se is not None:
-      y = self.se(y)
-    y = self.project(y)
-    return x + y if self.residual else y
+    self.drop_path = None
 
 
 class MobileNetV3(nnx.Module):
