@@ -20,8 +20,6 @@ hidden layer 128, dropout 0.1; SGD with Nesterov momentum, 10 epochs, batch
 Smoke test: `--config=configs/fashion_mnist.py:smoke`, end to end in 36 s (test accuracy 0.68).
 """
 
-import os
-import sys
 
 from vision import config as config_lib
 
@@ -29,13 +27,7 @@ from vision import config as config_lib
 def get_config(arg: str | None = None):
   arg = config_lib.parse_arg(arg, smoke=False)
   config = config_lib.defaults()
-  if os.path.isdir(config_lib.DEBIAN_FASHION_MNIST):
-    config.data.source = f"idx:{config_lib.DEBIAN_FASHION_MNIST}"
-    config.data.class_names = config_lib.FASHION_MNIST_CLASSES
-  else:
-    print(f"{config_lib.DEBIAN_FASHION_MNIST} not found (Debian package dataset-fashion-mnist); "
-          "using TFDS fashion_mnist instead, which downloads it when online", file=sys.stderr)
-    config.data.source = "tfds:fashion_mnist"
+  config_lib.use_fashion_mnist(config)
   config.data.mean = (0.286,)
   config.data.std = (0.353,)
   # No pad-and-crop: at 10 epochs it cost accuracy (0.9218 with 2-pixel crops).

@@ -49,9 +49,6 @@ all of it is XLA:CPU compiling MobileNetV2's train and eval steps (issue 7's CPU
 lowering should cut it).
 """
 
-import os
-import sys
-
 from vision import config as config_lib
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,13 +59,7 @@ def get_config(arg: str | None = None):
   arg = config_lib.parse_arg(arg, smoke=False, scratch=False, pretrained="models/mobilenet_v2",
                              mode="fine_tune")
   config = config_lib.defaults()
-  if os.path.isdir(config_lib.DEBIAN_FASHION_MNIST):
-    config.data.source = f"idx:{config_lib.DEBIAN_FASHION_MNIST}"
-    config.data.class_names = config_lib.FASHION_MNIST_CLASSES
-  else:
-    print(f"{config_lib.DEBIAN_FASHION_MNIST} not found (Debian package dataset-fashion-mnist); "
-          "using TFDS fashion_mnist instead, which downloads it when online", file=sys.stderr)
-    config.data.source = "tfds:fashion_mnist"
+  config_lib.use_fashion_mnist(config)
   config.data.channels = 3
   config.data.image_size = 32
   config.data.mean = IMAGENET_MEAN

@@ -90,3 +90,17 @@ def test_batch_size_not_divisible_by_devices(tmp_path, idx_dir):
                       f"--workdir={tmp_path / 'run'}", "--config.train.batch_size=100",
                       f"--config.data.source=idx:{idx_dir}", devices=8, check=False, timeout=120)
   _assert_one_line_error(result, r"'train.batch_size'=100 is not divisible by the 8 devices")
+
+
+def test_fashion_mnist_configs_fall_back_to_tfds_without_the_debian_copy(monkeypatch, tmp_path,
+                                                                         capsys):
+  config = config_lib.defaults()
+  monkeypatch.setattr(config_lib, "DEBIAN_FASHION_MNIST", str(tmp_path))
+  config_lib.use_fashion_mnist(config)
+  assert config.data.source == f"idx:{tmp_path}"
+  assert tuple(config.data.class_names) == config_lib.FASHION_MNIST_CLASSES
+  config = config_lib.defaults()
+  monkeypatch.setattr(config_lib, "DEBIAN_FASHION_MNIST", str(tmp_path / "missing"))
+  config_lib.use_fashion_mnist(config)
+  assert config.data.source == "tfds:fashion_mnist"
+  assert "dataset-fashion-mnist" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import difflib
 import json
 import os
 import pathlib
+import sys
 from typing import Any, Iterable
 
 import jax
@@ -184,6 +185,17 @@ def defaults() -> ml_collections.ConfigDict:
   # None: WANDB_MODE, else online when logged in, else offline.
   c.wandb.mode = ml_collections.config_dict.placeholder(str)
   return c
+
+
+def use_fashion_mnist(config: ml_collections.ConfigDict) -> None:
+  """Points `config.data` at Fashion-MNIST: Debian's offline copy, else TFDS (downloads)."""
+  if os.path.isdir(DEBIAN_FASHION_MNIST):
+    config.data.source = f"idx:{DEBIAN_FASHION_MNIST}"
+    config.data.class_names = FASHION_MNIST_CLASSES
+  else:
+    print(f"{DEBIAN_FASHION_MNIST} not found (Debian package dataset-fashion-mnist); "
+          "using TFDS fashion_mnist instead, which downloads it when online", file=sys.stderr)
+    config.data.source = "tfds:fashion_mnist"
 
 
 def parse_arg(arg: str | None, **defaults_: Any) -> ml_collections.ConfigDict:
