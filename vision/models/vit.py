@@ -173,7 +173,9 @@ class VisionTransformer(nnx.Module):
           f"{x.shape[1]}×{x.shape[2]}: resize the images, or create the model with "
           f"ModelOptions(image_size={x.shape[1]}) (weights are resized on import)")
     x = self.patch_embed(x)
-    cls = jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
+    # The class token takes the patches' sharding (batch over 'data' under the train mesh).
+    cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]),
+                           out_sharding=jax.typeof(x).sharding)
     x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
     x = self.pos_drop(x)
     maps = []
