@@ -98,9 +98,11 @@ def test_same_signature_and_parameters_as_nnx_conv():
 
 
 def test_auto_follows_the_backend_and_unknown_impl_is_a_config_error():
-  assert layers.resolve_conv_impl("auto") == (
-      "matmul" if jax.default_backend() == "cpu" else "lax")
-  assert layers.resolve_conv_impl("lax") == "lax"
+  on_cpu = jax.default_backend() == "cpu"
+  assert layers.resolve_conv_impl("auto", depthwise=True) == ("matmul" if on_cpu else "lax")
+  assert layers.resolve_conv_impl("auto") == "lax"
+  assert layers.resolve_conv_impl("lax", depthwise=True) == "lax"
+  assert layers.resolve_conv_impl("matmul") == "matmul"
   with pytest.raises(ConfigError, match="'model.conv_impl' is 'fast'"):
     create_model("small_cnn", ModelOptions(10, 1, 28, conv_impl="fast"), rngs=nnx.Rngs(0))
 
@@ -138,3 +140,25 @@ def test_max_pool_equals_nnx_max_pool(size):
   got = jax.value_and_grad(loss, argnums=1)(layers.max_pool, x)
   for got_one, want_one in zip(got, want):
     np.testing.assert_allclose(got_one, want_one, rtol=1e-6)
+
+
+def test_gradient_barrier_is_an_identity_that_ends_backward_fusions():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 5, 6)), jnp.float32)
+
+  def loss(x, barrier):
+    for _ in range(3):  # a residual stream, as in a ViT
+      x = barrier(x)
+      x = x + jnp.tanh(x * 1.5)
+    return (x**2).sum()
+
+  identity = lambda x: x
+  assert np.array_equal(layers.gradient_barrier(x), x)
+  expected = jax.grad(loss)(x, identity)
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  np.testing.assert_allclose(grad(x, layers.gradient_barrier), expected, rtol=1e-6)
+  # One conditional per barrier survives compilation: the boundary XLA cannot fuse across.
+  hlo = grad.lower(x, layers.gradient_barrier).compile().as_text()
+  assert hlo.count("conditional(") == 3
+  # A NaN gradient stays non-finite, so the train step's check still catches it.
+  nan_grad = jax.grad(lambda x: (layers.gradient_barrier(x) * jnp.nan).sum())(x)
+  assert not np.isfinite(np.asarray(nan_grad)).any()

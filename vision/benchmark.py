@@ -1,15 +1,21 @@
-"""Training-speed benchmark: JAX train step vs the matmul peak, grain, and PyTorch eager.
+"""Training-speed benchmark: JAX train step vs the matmul peak, untuned XLA, grain, PyTorch eager.
 
     results = run_benchmark(BenchmarkOptions())             # the suite, or model="resnet18"
     row = results["rows"][0]     # jax_images_per_s, fraction_of_peak, jax_vs_torch, ...
 
-All figures come from one process, one after the other, so their ratios are
+All figures come from one run, one after the other, so their ratios are
 meaningful on a shared, noisy machine even when the absolute numbers drift.
+The untuned column (XLA's default CPU flags, `conv_impl='lax'`: what a plain
+`nnx.Conv` model gets) runs in a child process, because XLA reads its flags once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -20,11 +26,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from vision import parallel
+from vision import parallel, xla_flags
 from vision.data import pipeline
 from vision.data.sources import ArraySource
 from vision.models import MODELS, ModelOptions, create_model
-from vision.models.layers import resolve_conv_impl
 from vision.train.step import Steps
 
 
@@ -60,8 +65,8 @@ class BenchmarkOptions:
   steps: int = 5
   matmul_size: int = 4096
   torch: bool = True
-  # Also time the train step with conv_impl='lax' (XLA's own convolution).
-  compare_lax: bool = True
+  # Also time the step untuned (XLA's default flags, conv_impl='lax'), in a child process.
+  compare_untuned: bool = True
 
   def workloads(self) -> list[Workload]:
     if self.model is not None:
@@ -178,20 +183,34 @@ def torch_train_speed(options: BenchmarkOptions, workload: Workload) -> float | 
   return options.batch_size / time_per_call(one_step, options.steps)
 
 
+def untuned_speed(options: BenchmarkOptions, workload: Workload) -> float:
+  """Images/s of the same step with XLA's default CPU flags and `conv_impl='lax'`."""
+  code = ("import json, sys, dataclasses; from vision import benchmark as b; "
+          "o = b.BenchmarkOptions(**json.loads(sys.argv[1])); "
+          "w = b.Workload(**json.loads(sys.argv[2])); "
+          "print(json.dumps(b.jax_train_speed(o, w, 'lax')['jax_images_per_s']))")
+  env = {**os.environ, xla_flags.OPT_OUT: "0",
+         "XLA_FLAGS": xla_flags.user_xla_flags}
+  result = subprocess.run(
+      [sys.executable, "-c", code, json.dumps(dataclasses.asdict(options)),
+       json.dumps(dataclasses.asdict(workload))],
+      env=env, capture_output=True, text=True, check=True)
+  return float(result.stdout.strip().splitlines()[-1])
+
+
 def _measure(options: BenchmarkOptions, workload: Workload, peak: float) -> dict:
   jax_speed = jax_train_speed(options, workload)
-  lax_speed = (jax_train_speed(options, workload, "lax")["jax_images_per_s"]
-               if options.compare_lax else None)
+  untuned = untuned_speed(options, workload) if options.compare_untuned else None
   torch_speed = torch_train_speed(options, workload) if options.torch else None
   images_per_s = jax_speed["jax_images_per_s"]
   return {
       "model": workload.model, "image_size": workload.image_size,
       "channels": workload.channels,
-      "conv_impl": resolve_conv_impl("auto"),
+      "conv_impl": "auto",
       **jax_speed,
       "fraction_of_peak": jax_speed["achieved_flops"] / peak,
-      "lax_images_per_s": lax_speed,
-      "conv_impl_vs_lax": images_per_s / lax_speed if lax_speed else None,
+      "untuned_images_per_s": untuned,
+      "speedup_vs_untuned": images_per_s / untuned if untuned else None,
       "torch_images_per_s": torch_speed,
       # PyTorch runs the same architecture, so it does the same FLOPs per image.
       "torch_fraction_of_peak": (jax_speed["step_flops"] / options.batch_size * torch_speed / peak
@@ -211,6 +230,7 @@ def run_benchmark(options: BenchmarkOptions) -> dict:
       **rows[0],
       "batch_size": options.batch_size, "devices": jax.device_count(),
       "backend": jax.default_backend(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "peak_flops": peak,
       "grain_images_per_s": grain_speed,
       # The share of training time the input pipeline adds.
@@ -226,18 +246,18 @@ def _ratio(value: float | None, suffix: str = "x") -> str:
 def format_results(results: dict) -> str:
   lines = [f"batch {results['batch_size']}, fp32, {results['devices']} {results['backend']} "
            f"device(s); matmul peak {results['peak_flops'] / 1e9:.1f} GFLOP/s; "
-           f"conv_impl auto = {results['conv_impl']}",
-           f"{'model':<22}{'JAX img/s':>10}{'of peak':>9}{'lax img/s':>11}{'JAX/lax':>9}"
+           f"XLA flags {results['xla_flags'] or '(none)'}",
+           f"{'model':<22}{'JAX img/s':>10}{'of peak':>9}{'untuned':>9}{'speedup':>9}"
            f"{'PyTorch img/s':>15}{'of peak':>9}{'JAX/PyTorch':>13}"]
   for row in results["rows"]:
     name = f"{row['model']} {row['image_size']}x{row['image_size']}x{row['channels']}"
-    lax_speed = f"{row['lax_images_per_s']:.1f}" if row["lax_images_per_s"] else "-"
+    untuned = f"{row['untuned_images_per_s']:.1f}" if row["untuned_images_per_s"] else "-"
     torch_speed = f"{row['torch_images_per_s']:.1f}" if row["torch_images_per_s"] else "-"
     torch_peak = (f"{100 * row['torch_fraction_of_peak']:.0f}%"
                   if row["torch_fraction_of_peak"] else "-")
     lines.append(f"{name:<22}{row['jax_images_per_s']:>10.1f}"
-                 f"{100 * row['fraction_of_peak']:>8.0f}%{lax_speed:>11}"
-                 f"{_ratio(row['conv_impl_vs_lax']):>9}{torch_speed:>15}{torch_peak:>9}"
+                 f"{100 * row['fraction_of_peak']:>8.0f}%{untuned:>9}"
+                 f"{_ratio(row['speedup_vs_untuned']):>9}{torch_speed:>15}{torch_peak:>9}"
                  f"{_ratio(row['jax_vs_torch']):>13}")
   lines.append(f"fed by grain ({results['rows'][0]['model']}): "
                f"{results['grain_images_per_s']:.1f} images/s "

@@ -2,9 +2,9 @@
 
     model = make_torch_model("resnet18", num_classes=10, in_channels=3, image_size=32)
 
-The twins have the same layers, shapes and parameter counts as the NNX models
-(torchvision's ResNets, with the same small-image stem rule). Needs the
-`torch` extra: `uv pip install '.[torch]'`.
+The twins have the same layers, shapes and parameter counts as the NNX models:
+torchvision's ResNets (with the same small-image stem rule) and MobileNetV2,
+and timm's ViTs. Needs the `torch` extra: `uv pip install '.[torch]'`.
 """
 
 from __future__ import annotations
@@ -31,11 +31,26 @@ def _small_cnn(num_classes: int, in_channels: int, image_size: int, widths: Sequ
                        nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
 
+# The zoo's ViTs and timm's same-shaped definitions.
+_TIMM_VITS = {"vit_ti16": "vit_tiny_patch16_224", "vit_s16": "vit_small_patch16_224",
+              "vit_b16": "vit_base_patch16_224"}
+
+
 def make_torch_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 224,
                      *, widths: Sequence[int] = (32, 64), hidden: int = 128,
                      dropout: float = 0.0, stem: str = "auto") -> nn.Module:
   if name == "small_cnn":
     return _small_cnn(num_classes, in_channels, image_size, widths, hidden, dropout)
+  if name == "mobilenet_v2":
+    model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes,
+                                            dropout=dropout)
+    if in_channels != 3:
+      model.features[0][0] = nn.Conv2d(in_channels, 32, 3, 2, 1, bias=False)
+    return model
+  if name in _TIMM_VITS:
+    import timm  # pylint: disable=import-outside-toplevel
+    return timm.create_model(_TIMM_VITS[name], pretrained=False, num_classes=num_classes,
+                             img_size=image_size, in_chans=in_channels, drop_rate=dropout)
   if name not in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
     raise ValueError(f"no PyTorch twin for model {name!r}")
   model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)

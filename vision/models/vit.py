@@ -27,7 +27,7 @@ import numpy as np
 
 from vision.config import ConfigError
 from vision.models import MODELS, ModelOptions
-from vision.models.layers import Conv
+from vision.models.layers import Conv, gradient_barrier
 from vision.models import torch_import
 from vision.models.torch_import import StateDict, TorchState, WeightImportError, assign
 
@@ -180,7 +180,7 @@ class VisionTransformer(nnx.Module):
     x = self.pos_drop(x)
     maps = []
     for block in self.blocks:
-      x, weights = block(x)
+      x, weights = block(gradient_barrier(x))
       maps.append(weights)
     return self.norm(x), maps
 
