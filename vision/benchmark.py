@@ -185,7 +185,7 @@ def torch_train_speed(options: BenchmarkOptions, workload: Workload) -> float | 
 
 def untuned_speed(options: BenchmarkOptions, workload: Workload) -> float:
   """Images/s of the same step with XLA's default CPU flags and `conv_impl='lax'`."""
-  code = ("import json, sys, dataclasses; from vision import benchmark as b; "
+  code = ("import json, sys; from vision import benchmark as b; "
           "o = b.BenchmarkOptions(**json.loads(sys.argv[1])); "
           "w = b.Workload(**json.loads(sys.argv[2])); "
           "print(json.dumps(b.jax_train_speed(o, w, 'lax')['jax_images_per_s']))")
