@@ -5,12 +5,16 @@ from __future__ import annotations
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 import torch
 
+from vision import parallel
 from vision.config import ConfigError
 from vision.models import ModelOptions, create_model
 from vision.torch_reference import count_parameters, make_torch_model
+from vision.train.step import Steps
 
 
 def _count(model: nnx.Module) -> int:
@@ -95,10 +99,6 @@ def test_every_model_has_head_features_and_layer_groups(name):
 def test_every_family_trains_under_the_data_mesh(name):
   # The train step shards the batch over the mesh's explicit 'data' axis: every op
   # of every family must accept that (ViT's class token once did not).
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
-  from vision import parallel  # pylint: disable=import-outside-toplevel
-  from vision.train.step import Steps  # pylint: disable=import-outside-toplevel
   model = create_model(name, ModelOptions(num_classes=5, in_channels=3, image_size=32),
                        rngs=nnx.Rngs(0))
   def floats(tree):
