@@ -24,7 +24,7 @@ def _count(model: nnx.Module) -> int:
 @pytest.mark.parametrize("name, image_size, channels", [
     ("small_cnn", 28, 1), ("resnet18", 32, 3), ("resnet18", 224, 3), ("resnet34", 32, 1),
     ("resnet50", 64, 3), ("mobilenet_v2", 32, 3), ("mobilenet_v2", 32, 1), ("vit_ti16", 32, 3),
-    ("vit_s16", 48, 1),
+    ("vit_s16", 48, 1), ("efficientnet_b0", 64, 3), ("efficientnet_b0", 32, 1),
 ])
 def test_same_parameter_count_as_the_pytorch_twin(name, image_size, channels):
   options = ModelOptions(num_classes=10, in_channels=channels, image_size=image_size)

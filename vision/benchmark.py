@@ -1,17 +1,23 @@
-"""Training-speed benchmark: JAX train step vs the matmul peak, untuned XLA, grain, PyTorch eager.
+"""Training-speed benchmark: JAX's train step against the matmul peak, untuned XLA and the
+fastest PyTorch, and the grain pipeline's overhead.
 
     results = run_benchmark(BenchmarkOptions())             # the suite, or model="resnet18"
-    row = results["rows"][0]     # jax_images_per_s, fraction_of_peak, jax_vs_torch, ...
+    row = results["rows"][0]     # jax_images_per_s, fraction_of_peak, best_torch, ...
 
-All figures come from one run, one after the other, so their ratios are
-meaningful on a shared, noisy machine even when the absolute numbers drift.
+All figures come from one run. JAX's step and PyTorch's (eager NCHW,
+channels_last, torch.compile, both; `vision.torch_speed`) are timed in turns,
+one step each per round, so that their ratios hold on a shared, noisy machine
+even when the absolute figures drift; `load_average` records how busy it was.
 The untuned column (XLA's default CPU flags, `conv_impl='lax'`: what a plain
 `nnx.Conv` model gets) runs in a child process, because XLA reads its flags once.
+The other suites live in `vision.benchmark_realistic` (224 px, inference
+against PyTorch and ONNX Runtime) and `vision.benchmark_accelerator`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -26,7 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vision import parallel, xla_flags
+from vision import parallel, torch_speed, xla_flags
 from vision.data import pipeline
 from vision.data.sources import ArraySource
 from vision.models import MODELS, ModelOptions, create_model
@@ -65,8 +71,12 @@ class BenchmarkOptions:
   steps: int = 5
   matmul_size: int = 4096
   torch: bool = True
+  # PyTorch's settings to time (vision.torch_speed.VARIANTS), best of them for `best_torch`.
+  torch_variants: tuple[str, ...] = torch_speed.VARIANTS
   # Also time the step untuned (XLA's default flags, conv_impl='lax'), in a child process.
   compare_untuned: bool = True
+  # The models' compute dtype (parameters stay float32).
+  dtype: str = "float32"
 
   def workloads(self) -> list[Workload]:
     if self.model is not None:
@@ -85,9 +95,44 @@ def time_per_call(fn: Callable[[], object], repeats: int) -> float:
   return float(np.median(times))
 
 
-def matmul_peak_flops(size: int = 4096, repeats: int = 5) -> float:
-  """FLOP/s of a large fp32 matmul: the practical peak of this machine."""
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
+@dataclasses.dataclass
+class Timings:
+  """`time_interleaved`'s result: median seconds per call, the first call's seconds, errors."""
+  seconds: dict[str, float]
+  first_call: dict[str, float]
+  errors: dict[str, str]
+
+
+def time_interleaved(runners: dict[str, Callable[[], object]], repeats: int) -> Timings:
+  """Times blocking callables in turns: one call of each per round, `repeats` rounds.
+
+  On a shared machine the load drifts; taking turns lets the drift hit every
+  runner alike, so their ratios hold even when the absolute figures do not.
+  Each runner's first call (compilation, caches) is timed apart; a runner that
+  raises there is dropped and its error (one line) reported.
+  """
+  first_call, errors, live = {}, {}, {}
+  for name, runner in runners.items():
+    start = time.perf_counter()
+    try:
+      runner()
+    except Exception as error:  # pylint: disable=broad-except  # reported, the others go on
+      errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+      continue
+    first_call[name] = time.perf_counter() - start
+    live[name] = runner
+  times = {name: [] for name in live}
+  for _ in range(repeats):
+    for name, runner in live.items():
+      start = time.perf_counter()
+      runner()
+      times[name].append(time.perf_counter() - start)
+  return Timings({name: float(np.median(t)) for name, t in times.items()}, first_call, errors)
+
+
+def matmul_peak_flops(size: int = 4096, repeats: int = 5, dtype=jnp.float32) -> float:
+  """FLOP/s of a large square matmul on the default device: its practical peak in `dtype`."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32), dtype)
   matmul = jax.jit(lambda a: a @ a)
   seconds = time_per_call(lambda: matmul(a).block_until_ready(), repeats)
   return 2 * size**3 / seconds
@@ -100,41 +145,52 @@ def _random_batch(options: BenchmarkOptions, workload: Workload,
           "label": rng.integers(0, options.num_classes, options.batch_size).astype(np.int32)}
 
 
-def _jax_steps(options: BenchmarkOptions, workload: Workload,
-               conv_impl: str) -> tuple[Steps, jax.sharding.Mesh]:
+def _jax_steps(options: BenchmarkOptions, workload: Workload, conv_impl: str,
+               mesh: jax.sharding.Mesh | None = None) -> tuple[Steps, jax.sharding.Mesh]:
   model_options = ModelOptions(options.num_classes, workload.channels, workload.image_size,
-                               widths=workload.widths, hidden=workload.hidden,
-                               conv_impl=conv_impl)
+                               dtype=options.dtype, widths=workload.widths,
+                               hidden=workload.hidden, conv_impl=conv_impl)
   model = create_model(workload.model, model_options, rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, optax.sgd(0.01, momentum=0.9), wrt=nnx.Param)
-  mesh = parallel.make_mesh()
+  mesh = mesh or parallel.make_mesh()
   return Steps.create(model, optimizer, mesh), mesh
 
 
-def jax_train_speed(options: BenchmarkOptions, workload: Workload,
-                    conv_impl: str = "auto") -> dict[str, float]:
-  """Images/s and achieved FLOP/s of the compiled train step on in-memory arrays."""
-  steps, mesh = _jax_steps(options, workload, conv_impl)
+def jax_train_runner(options: BenchmarkOptions, workload: Workload, conv_impl: str = "auto",
+                     mesh: jax.sharding.Mesh | None = None) -> tuple[Callable[[], None], float]:
+  """The compiled train step on a fixed in-memory batch as a blocking callable, and its FLOPs.
+
+  `mesh` (default: every device) splits the batch of `options.batch_size` over its devices.
+  """
+  steps, mesh = _jax_steps(options, workload, conv_impl, mesh)
   batch = parallel.to_global(_random_batch(options, workload, np.random.default_rng(0)), mesh)
   rng = jax.random.key(0)
   state = steps.state
   train = steps.train.lower(state, batch, rng).compile()
-  flops = train.cost_analysis()["flops"]
+  flops = float(train.cost_analysis()["flops"])
 
   def one_step():
     nonlocal state
     state, metrics = train(state, batch, rng)
     jax.block_until_ready(metrics)
 
+  return one_step, flops
+
+
+def jax_train_speed(options: BenchmarkOptions, workload: Workload,
+                    conv_impl: str = "auto") -> dict[str, float]:
+  """Images/s and achieved FLOP/s of the compiled train step on in-memory arrays."""
+  one_step, flops = jax_train_runner(options, workload, conv_impl)
   seconds = time_per_call(one_step, options.steps)
-  return {"jax_images_per_s": options.batch_size / seconds, "step_flops": float(flops),
-          "achieved_flops": float(flops) / seconds}
+  return {"jax_images_per_s": options.batch_size / seconds, "step_flops": flops,
+          "achieved_flops": flops / seconds}
 
 
-def grain_fed_speed(options: BenchmarkOptions, workload: Workload) -> float:
-  """Images/s of the same step fed by the grain pipeline (decode, augment, batch)."""
+def grain_fed_speed(options: BenchmarkOptions, workload: Workload) -> dict[str, float]:
+  """Images/s of the step fed by the grain pipeline (read, augment, normalise, batch), and
+  of the same compiled step on an in-memory batch, timed in alternating blocks."""
   steps, mesh = _jax_steps(options, workload, "auto")
-  count = options.batch_size * (options.steps + 2)
+  count = options.batch_size * 8
   rng = np.random.default_rng(0)
   images = rng.integers(
       0, 256, (count, workload.image_size, workload.image_size, workload.channels), np.uint8)
@@ -145,42 +201,49 @@ def grain_fed_speed(options: BenchmarkOptions, workload: Workload) -> float:
                             (0.5,) * workload.channels, (0.5,) * workload.channels)
   loader = pipeline.train_iterator(records, data_config, spec,
                                    batch_size=options.batch_size, seed=0)
+  fixed = parallel.to_global(_random_batch(options, workload, rng), mesh)
   state, key = steps.state, jax.random.key(0)
 
-  def one_step():
+  def run(feed: Callable[[], dict], count: int) -> float:
     nonlocal state
-    state, metrics = steps.train(state, parallel.to_global(next(loader), mesh), key)
-    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(count):
+      state, metrics = steps.train(state, feed(), key)
+      jax.block_until_ready(metrics)
+    return time.perf_counter() - start
 
-  return options.batch_size / time_per_call(one_step, options.steps)
+  from_grain = lambda: parallel.to_global(next(loader), mesh)
+  run(from_grain, 2)  # compiles, and fills the read-ahead buffer
+  # Blocks of steps (not single steps) so that the read-ahead thread's work stays inside the
+  # grain-fed block; alternating so that load drift hits both alike.
+  in_memory = grain = 0.0
+  block = max(2, options.steps)
+  for _ in range(3):
+    in_memory += run(lambda: fixed, block)
+    grain += run(from_grain, block)
+  steps_run = 3 * block
+  return {"in_memory_images_per_s": options.batch_size * steps_run / in_memory,
+          "grain_images_per_s": options.batch_size * steps_run / grain}
 
 
-def torch_train_speed(options: BenchmarkOptions, workload: Workload) -> float | None:
-  """Images/s of the same architecture's train step in PyTorch eager, if torch and a twin exist."""
+def torch_train_runners(options: BenchmarkOptions,
+                        workload: Workload) -> dict[str, Callable[[], None]]:
+  """PyTorch's train step on the twin in each of `options.torch_variants` (none without torch
+  or a twin)."""
+  if not options.torch or not torch_installed():
+    return {}
+  spec = torch_speed.TorchInput(options.batch_size, workload.channels, workload.image_size,
+                                options.num_classes, workload.widths, workload.hidden)
+  torch_speed.reset_compiled()
   try:
-    import torch  # pylint: disable=import-outside-toplevel
-    from vision.torch_reference import make_torch_model  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    return None
-  torch.manual_seed(0)
-  try:
-    model = make_torch_model(workload.model, options.num_classes, workload.channels,
-                             workload.image_size, widths=workload.widths,
-                             hidden=workload.hidden).train()
+    return {variant: torch_speed.torch_train_step(workload.model, spec, variant)
+            for variant in options.torch_variants}
   except ValueError:  # no PyTorch twin for this model
-    return None
-  optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-  images = torch.randn(options.batch_size, workload.channels, workload.image_size,
-                       workload.image_size)
-  labels = torch.randint(0, options.num_classes, (options.batch_size,))
+    return {}
 
-  def one_step():
-    optimizer.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(model(images), labels)
-    loss.backward()
-    optimizer.step()
 
-  return options.batch_size / time_per_call(one_step, options.steps)
+def torch_installed() -> bool:
+  return importlib.util.find_spec("torch") is not None
 
 
 def untuned_speed(options: BenchmarkOptions, workload: Workload) -> float:
@@ -198,70 +261,159 @@ def untuned_speed(options: BenchmarkOptions, workload: Workload) -> float:
   return float(result.stdout.strip().splitlines()[-1])
 
 
-def _measure(options: BenchmarkOptions, workload: Workload, peak: float) -> dict:
-  jax_speed = jax_train_speed(options, workload)
+# JSON keys of PyTorch's images/s per setting ("eager" keeps the first benchmark's key).
+TORCH_KEYS = {"eager": "torch_images_per_s",
+              "channels_last": "torch_channels_last_images_per_s",
+              "compile": "torch_compile_images_per_s",
+              "compile_channels_last": "torch_compile_channels_last_images_per_s"}
+
+
+def torch_columns(jax_images_per_s: float, torch_images_per_s: dict[str, float],
+                  timings: Timings, flops_per_image: float, peak: float) -> dict:
+  """The PyTorch part of a row: images/s per setting, compile seconds, the best setting."""
+  columns = {key: torch_images_per_s.get(variant) for variant, key in TORCH_KEYS.items()}
+  for variant in ("compile", "compile_channels_last"):
+    # The first call compiles (and also runs one step, which is not compilation).
+    if variant in timings.first_call:
+      columns[f"torch_{variant}_seconds"] = (timings.first_call[variant]
+                                             - timings.seconds[variant])
+    else:
+      columns[f"torch_{variant}_seconds"] = None
+  best = max(torch_images_per_s, key=torch_images_per_s.get) if torch_images_per_s else None
+  best_speed = torch_images_per_s[best] if best else None
+  eager = torch_images_per_s.get("eager")
+  columns.update({
+      "torch_errors": {name: error for name, error in timings.errors.items() if name != "jax"},
+      # PyTorch runs the same architecture, so it does the same FLOPs per image.
+      "torch_fraction_of_peak": flops_per_image * eager / peak if eager else None,
+      "jax_vs_torch": jax_images_per_s / eager if eager else None,
+      "best_torch_variant": best,
+      "best_torch_images_per_s": best_speed,
+      "best_torch_fraction_of_peak": flops_per_image * best_speed / peak if best else None,
+      # JAX's images/s over the fastest PyTorch setting's.
+      "best_torch": jax_images_per_s / best_speed if best else None,
+  })
+  return columns
+
+
+def measure_train_step(options: BenchmarkOptions, workload: Workload, peak: float) -> dict:
+  jax_step, flops = jax_train_runner(options, workload)
+  timings = time_interleaved({"jax": jax_step, **torch_train_runners(options, workload)},
+                             options.steps)
+  if "jax" in timings.errors:
+    raise RuntimeError(f"the JAX train step of {workload.model} failed: {timings.errors['jax']}")
+  images_per_s = options.batch_size / timings.seconds["jax"]
   untuned = untuned_speed(options, workload) if options.compare_untuned else None
-  torch_speed = torch_train_speed(options, workload) if options.torch else None
-  images_per_s = jax_speed["jax_images_per_s"]
+  torch_speeds = {name: options.batch_size / seconds
+                  for name, seconds in timings.seconds.items() if name != "jax"}
   return {
       "model": workload.model, "image_size": workload.image_size,
-      "channels": workload.channels,
+      "channels": workload.channels, "batch_size": options.batch_size,
       "conv_impl": "auto",
-      **jax_speed,
-      "fraction_of_peak": jax_speed["achieved_flops"] / peak,
+      "jax_images_per_s": images_per_s, "step_flops": flops,
+      "achieved_flops": flops * images_per_s / options.batch_size,
+      "fraction_of_peak": flops * images_per_s / options.batch_size / peak,
       "untuned_images_per_s": untuned,
       "speedup_vs_untuned": images_per_s / untuned if untuned else None,
-      "torch_images_per_s": torch_speed,
-      # PyTorch runs the same architecture, so it does the same FLOPs per image.
-      "torch_fraction_of_peak": (jax_speed["step_flops"] / options.batch_size * torch_speed / peak
-                                 if torch_speed else None),
-      "jax_vs_torch": images_per_s / torch_speed if torch_speed else None,
+      **torch_columns(images_per_s, torch_speeds, timings, flops / options.batch_size, peak),
   }
+
+
+def machine_load() -> list[float]:
+  """The 1-, 5- and 15-minute load averages (what `uptime` shows): how busy the machine was."""
+  return [round(value, 2) for value in os.getloadavg()]
+
+
+def machine_info(load_before: list[float]) -> dict:
+  """Where and when the figures were taken; `load_average` before the first and after the last."""
+  return {"date": time.strftime("%Y-%m-%d %H:%M"),
+          "load_average": {"before": load_before, "after": machine_load()},
+          "devices": jax.device_count(), "backend": jax.default_backend(),
+          "cpu_count": os.cpu_count(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def run_benchmark(options: BenchmarkOptions) -> dict:
   """Every figure from one process. Top-level model keys repeat the first row's (`rows[0]`)."""
+  load_before = machine_load()
   workloads = options.workloads()
   peak = matmul_peak_flops(options.matmul_size)
-  rows = [_measure(options, workload, peak) for workload in workloads]
+  rows = [measure_train_step(options, workload, peak) for workload in workloads]
   # The pipeline overhead on the first workload: the quickstart's, where steps are shortest.
-  grain_speed = grain_fed_speed(options, workloads[0])
+  fed = grain_fed_speed(options, workloads[0])
   return {
       **rows[0],
-      "batch_size": options.batch_size, "devices": jax.device_count(),
-      "backend": jax.default_backend(),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "suite": "default",
+      **machine_info(load_before),
+      "batch_size": options.batch_size,
       "peak_flops": peak,
-      "grain_images_per_s": grain_speed,
-      # The share of training time the input pipeline adds.
-      "pipeline_overhead": max(0.0, 1.0 - grain_speed / rows[0]["jax_images_per_s"]),
+      **fed,
+      # The share of training time the input pipeline adds (against the in-memory step
+      # timed in the same blocks).
+      "pipeline_overhead": max(0.0, 1.0 - fed["grain_images_per_s"]
+                               / fed["in_memory_images_per_s"]),
       "rows": rows,
   }
 
 
-def _ratio(value: float | None, suffix: str = "x") -> str:
-  return f"{value:.2f}{suffix}" if value else "-"
+def format_ratio(value: float | None) -> str:
+  return f"{value:.2f}x" if value else "-"
+
+
+def format_number(value: float | None) -> str:
+  return f"{value:.1f}" if value else "-"
+
+
+def format_percent(value: float | None) -> str:
+  return f"{100 * value:.0f}%" if value else "-"
+
+
+def describe_machine(results: dict) -> str:
+  load = results["load_average"]
+  return (f"{results['devices']} {results['backend']} device(s), {results['cpu_count']} CPUs; "
+          f"load average {load['before'][0]:.2f} before, {load['after'][0]:.2f} after; "
+          f"{results['date']}")
+
+
+def format_rows(rows: list[dict]) -> str:
+  """Train-step rows as a table: JAX, untuned, each PyTorch setting, the best's share of peak."""
+  lines = ["train step, images/s (PyTorch: eager NCHW, channels_last, torch.compile, both)",
+           f"{'model':<22}{'batch':>6}{'JAX':>9}{'of peak':>8}{'untuned':>9}{'speedup':>8}"
+           f"{'eager':>9}{'ch-last':>9}{'compile':>9}{'both':>9}{'best of peak':>13}"
+           f"{'JAX/best':>9}"]
+  compile_notes = []
+  for row in rows:
+    name = f"{row['model']} {row['image_size']}x{row['image_size']}x{row['channels']}"
+    lines.append(
+        f"{name:<22}{row['batch_size']:>6}{row['jax_images_per_s']:>9.1f}"
+        f"{format_percent(row['fraction_of_peak']):>8}"
+        f"{format_number(row['untuned_images_per_s']):>9}"
+        f"{format_ratio(row['speedup_vs_untuned']):>8}"
+        + "".join(f"{format_number(row[key]):>9}" for key in TORCH_KEYS.values())
+        + f"{format_percent(row['best_torch_fraction_of_peak']):>13}"
+        f"{format_ratio(row['best_torch']):>9}")
+    compile_notes += compile_note(row)
+    for variant, error in row["torch_errors"].items():
+      lines.append(f"  PyTorch {variant} failed: {error}")
+  if compile_notes:
+    lines.append("torch.compile warm-up: " + "; ".join(compile_notes))
+  return "\n".join(lines)
+
+
+def compile_note(row: dict) -> list[str]:
+  """'resnet18 21 s, 25 s (channels_last)': torch.compile's warm-up seconds in a row."""
+  seconds = [f"{row[f'torch_{v}_seconds']:.0f} s{' (channels_last)' if 'channels' in v else ''}"
+             for v in ("compile", "compile_channels_last") if row.get(f"torch_{v}_seconds")]
+  return [f"{row['model']} {', '.join(seconds)}"] if seconds else []
 
 
 def format_results(results: dict) -> str:
-  lines = [f"batch {results['batch_size']}, fp32, {results['devices']} {results['backend']} "
-           f"device(s); matmul peak {results['peak_flops'] / 1e9:.1f} GFLOP/s; "
-           f"XLA flags {results['xla_flags'] or '(none)'}",
-           f"{'model':<22}{'JAX img/s':>10}{'of peak':>9}{'untuned':>9}{'speedup':>9}"
-           f"{'PyTorch img/s':>15}{'of peak':>9}{'JAX/PyTorch':>13}"]
-  for row in results["rows"]:
-    name = f"{row['model']} {row['image_size']}x{row['image_size']}x{row['channels']}"
-    untuned = f"{row['untuned_images_per_s']:.1f}" if row["untuned_images_per_s"] else "-"
-    torch_speed = f"{row['torch_images_per_s']:.1f}" if row["torch_images_per_s"] else "-"
-    torch_peak = (f"{100 * row['torch_fraction_of_peak']:.0f}%"
-                  if row["torch_fraction_of_peak"] else "-")
-    lines.append(f"{name:<22}{row['jax_images_per_s']:>10.1f}"
-                 f"{100 * row['fraction_of_peak']:>8.0f}%{untuned:>9}"
-                 f"{_ratio(row['speedup_vs_untuned']):>9}{torch_speed:>15}{torch_peak:>9}"
-                 f"{_ratio(row['jax_vs_torch']):>13}")
-  lines.append(f"fed by grain ({results['rows'][0]['model']}): "
-               f"{results['grain_images_per_s']:.1f} images/s "
-               f"(pipeline overhead {100 * results['pipeline_overhead']:.1f}%)")
+  lines = [f"batch {results['batch_size']}, fp32; {describe_machine(results)}; matmul peak "
+           f"{results['peak_flops'] / 1e9:.1f} GFLOP/s; XLA flags {results['xla_flags'] or '(none)'}",
+           format_rows(results["rows"]),
+           f"fed by grain ({results['rows'][0]['model']}): "
+           f"{results['grain_images_per_s']:.1f} images/s vs "
+           f"{results['in_memory_images_per_s']:.1f} in memory "
+           f"(pipeline overhead {100 * results['pipeline_overhead']:.1f}%)"]
   if not any(row["torch_images_per_s"] for row in results["rows"]):
-    lines.append("PyTorch eager not measured (pip install '.[torch]')")
+    lines.append("PyTorch not measured (pip install '.[torch]')")
   return "\n".join(lines)

@@ -3,8 +3,8 @@
     model = make_torch_model("resnet18", num_classes=10, in_channels=3, image_size=32)
 
 The twins have the same layers, shapes and parameter counts as the NNX models:
-torchvision's ResNets (with the same small-image stem rule) and MobileNetV2,
-and timm's ViTs. Needs the `torch` extra: `uv pip install '.[torch]'`.
+torchvision's ResNets (with the same small-image stem rule), MobileNetV2 and
+EfficientNet-B0…B7, and timm's ViTs. Needs the `torch` extra: `uv pip install '.[torch]'`.
 """
 
 from __future__ import annotations
@@ -46,6 +46,14 @@ def make_torch_model(name: str, num_classes: int, in_channels: int = 3, image_si
                                             dropout=dropout)
     if in_channels != 3:
       model.features[0][0] = nn.Conv2d(in_channels, 32, 3, 2, 1, bias=False)
+    return model
+  if name.startswith("efficientnet_b") and hasattr(torchvision.models, name):
+    # No stochastic depth: ModelOptions.drop_path is 0 unless a config sets it.
+    model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes,
+                                              dropout=dropout, stochastic_depth_prob=0.0)
+    if in_channels != 3:
+      stem = model.features[0][0]
+      model.features[0][0] = nn.Conv2d(in_channels, stem.out_channels, 3, 2, 1, bias=False)
     return model
   if name in _TIMM_VITS:
     import timm  # pylint: disable=import-outside-toplevel
