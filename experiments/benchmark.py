@@ -1,7 +1,8 @@
 """Measures speed on this machine, all figures of a suite from one run.
 
     python -m experiments.benchmark [--model=resnet18 --batch_size=128 --image_size=32] \
-        [--steps=5] [--nocompare_untuned] [--torch_variants=eager,compile] [--out=bench.json]
+        [--steps=5] [--nocompare_untuned] [--torch_variants=eager,compile] [--profile] \
+        [--out=bench.json]
     python -m experiments.benchmark --suite=realistic [--models=resnet50,vit_s16] [--out=...]
     python -m experiments.benchmark --suite=accelerator [--batch_size=128] [--out=...]
 
@@ -72,6 +73,9 @@ _QUICKSTART_CONFIG = config_flags.DEFINE_config_file(
     "quickstart_config", f"{_QUICKSTART}:smoke",
     "accelerator suite: the quickstart config it trains (keys can be overridden, e.g. "
     "--quickstart_config.train.epochs=1).")
+_PROFILE = flags.DEFINE_bool(
+    "profile", False, "default suite: also trace each JAX step (jax.profiler) and print its "
+    "costliest HLO ops and kinds of op (JSON key op_profile).")
 _OUT = flags.DEFINE_string("out", None, "Also write the results as JSON to this file.")
 
 
@@ -83,7 +87,7 @@ def _given(**values) -> dict:
 def _default_suite() -> tuple[dict, str]:
   options = benchmark.BenchmarkOptions(
       model=_MODEL.value, torch=_TORCH.value, torch_variants=tuple(_VARIANTS.value),
-      compare_untuned=_UNTUNED.value,
+      compare_untuned=_UNTUNED.value, profile=_PROFILE.value,
       **_given(batch_size=_BATCH.value, image_size=_SIZE.value, steps=_STEPS.value,
                matmul_size=_MATMUL.value))
   results = benchmark.run_benchmark(options)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import jax
+import jax.numpy as jnp
 import pytest
 import torch
 
 from conftest import run_module
-from vision import benchmark, torch_speed
+from vision import benchmark, profiling, torch_speed
 
 
 @pytest.mark.slow
@@ -18,7 +20,8 @@ def test_benchmark_writes_all_figures(tmp_path):
   out = tmp_path / "bench.json"
   result = run_module("experiments.benchmark", "--model=small_cnn", "--image_size=28",
                       "--batch_size=32", "--steps=2", "--matmul_size=512",
-                      "--torch_variants=eager,channels_last,compile", f"--out={out}")
+                      "--torch_variants=eager,channels_last,compile", "--profile",
+                      f"--out={out}", timeout=900)
   figures = json.loads(out.read_text())
   for key in ("jax_images_per_s", "torch_images_per_s", "achieved_flops", "peak_flops",
               "grain_images_per_s", "in_memory_images_per_s"):
@@ -46,6 +49,7 @@ def test_benchmark_writes_all_figures(tmp_path):
   assert figures["suite"] == "default" and len(figures["load_average"]["before"]) == 3
   assert "JAX/best" in result.stdout and "pipeline overhead" in result.stdout
   assert "torch.compile warm-up: small_cnn" in result.stdout
+  assert row["op_profile"]["kinds"] and "op time" in result.stdout
 
 
 @pytest.mark.slow
@@ -140,3 +144,17 @@ def test_compiled_channels_last_twin_is_set_up_as_named():
   assert images.is_contiguous(memory_format=torch.channels_last)
   eager, forward = torch_speed._model("resnet18", spec, "eager", train=True)  # pylint: disable=protected-access
   assert forward is eager and eager.conv1.weight.is_contiguous()
+
+
+def test_op_profile_sums_trace_events_by_hlo_op():
+  x = jnp.ones((64, 64))
+  step = jax.jit(lambda x: jnp.tanh(x @ x).sum(axis=0)).lower(x).compile()
+  run = lambda: jax.block_until_ready(step(x))
+  run()
+  profile = profiling.op_profile(run, repeats=2)
+  assert profile.ops and profile.total > 0
+  assert sum(profile.kinds.values()) == pytest.approx(profile.total)
+  # Every op named in the trace is an instruction of the compiled program.
+  assert all(f"%{op} = " in step.as_text() or f" {op} = " in step.as_text() for op in profile.ops)
+  assert profiling.op_kind("transpose_copy_fusion.64") == "transpose_copy_fusion"
+  assert profiling.format_op_profile(profile).startswith("op time ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from flax import nnx
 import jax
@@ -13,7 +14,7 @@ import pytest
 
 from vision import parallel
 from vision.config import ConfigError
-from vision.models import ModelOptions, create_model, layers
+from vision.models import ModelOptions, create_model, layers, normalization
 
 # (name, height, width, in, out, kernel, stride, padding, groups, dilation)
 ZOO_SHAPES = [
@@ -128,9 +129,11 @@ def test_a_checkpoint_moves_between_implementations(tmp_path):
   _assert_close(fresh(x), expected, "logits after switching back to matmul")
 
 
-@pytest.mark.parametrize("size", [8, 7])
-def test_max_pool_equals_nnx_max_pool(size):
+@pytest.mark.parametrize("size, ties", [(8, False), (7, False), (8, True)])
+def test_max_pool_equals_nnx_max_pool(size, ties):
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, size, size, 3)), jnp.float32)
+  if ties:  # equal maxima in most windows: the gradient goes to the first, as in nnx and PyTorch
+    x = jnp.round(x).clip(0)
   weights = jnp.asarray(np.random.default_rng(1).standard_normal((2, size // 2, size // 2, 3)))
 
   def loss(pool, x):
@@ -140,6 +143,28 @@ def test_max_pool_equals_nnx_max_pool(size):
   got = jax.value_and_grad(loss, argnums=1)(layers.max_pool, x)
   for got_one, want_one in zip(got, want):
     np.testing.assert_allclose(got_one, want_one, rtol=1e-6)
+
+
+@pytest.mark.parametrize("strides, groups, dilation", [((1, 1), 1, (1, 1)), ((2, 2), 2, (1, 1)),
+                                                       ((1, 1), 1, (2, 2))])
+def test_lax_conv_has_jax_own_gradients_from_materialised_inputs(strides, groups, dilation):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 9, 9, 4)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 4 // groups, 6)), jnp.float32)
+  conv = functools.partial(jax.lax.conv_general_dilated, window_strides=strides,
+                           padding=((1, 1), (1, 1)), rhs_dilation=dilation,
+                           dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+  lowering = layers.ConvLowering("lax")
+  ours = lambda x, w: lowering(x, w, strides, ((1, 1), (1, 1)), rhs_dilation=dilation,
+                               dimension_numbers=layers._NHWC_HWIO,  # pylint: disable=protected-access
+                               feature_group_count=groups)
+  loss = lambda conv, x, w: (jnp.tanh(conv(jnp.sin(x), w)) ** 2).sum()
+  want = jax.grad(functools.partial(loss, conv), argnums=(0, 1))(x, w)
+  grad = jax.jit(jax.grad(functools.partial(loss, ours), argnums=(0, 1)))
+  for got_one, want_one in zip(grad(x, w), want):
+    np.testing.assert_allclose(got_one, want_one, rtol=1e-5, atol=1e-5)
+  # The input and the incoming gradient each pass a conditional: fusion boundaries.
+  assert grad.lower(x, w).compile().as_text().count("conditional(") == 2
 
 
 def test_gradient_barrier_is_an_identity_that_ends_backward_fusions():
@@ -162,3 +187,37 @@ def test_gradient_barrier_is_an_identity_that_ends_backward_fusions():
   # A NaN gradient stays non-finite, so the train step's check still catches it.
   nan_grad = jax.grad(lambda x: (layers.gradient_barrier(x) * jnp.nan).sum())(x)
   assert not np.isfinite(np.asarray(nan_grad)).any()
+
+
+@pytest.mark.parametrize("kind", ["batch", "layer"])
+@pytest.mark.parametrize("dtype, shift", [(jnp.float32, 0.0), (jnp.float32, 5.0),
+                                          (jnp.bfloat16, 1.0)])
+def test_normalization_has_nnx_values_state_and_gradients(kind, dtype, shift):
+  ours, theirs = ((normalization.BatchNorm, nnx.BatchNorm) if kind == "batch"
+                  else (normalization.LayerNorm, nnx.LayerNorm))
+  options = dict(momentum=0.9) if kind == "batch" else dict(epsilon=1e-6, use_fast_variance=False)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((4, 5, 6, 12)) * 3 + shift, dtype)
+  weights = jnp.asarray(rng.standard_normal((4, 5, 6, 12)), jnp.float32)
+  modules = [cls(12, dtype=dtype, rngs=nnx.Rngs(0), **options) for cls in (ours, theirs)]
+  for module in modules:
+    module.scale[...] = jnp.linspace(0.5, 2, 12)
+    module.bias[...] = jnp.linspace(-1, 1, 12)
+  loss = lambda module, x: (jnp.tanh(module(x).astype(jnp.float32)) * weights).sum()
+  (value, grads), (want_value, want_grads) = (
+      nnx.value_and_grad(loss, argnums=(0, 1))(module, x) for module in modules)
+  assert value == want_value  # the same forward pass, bit for bit
+  tolerance = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.asarray(grads[1], np.float32),
+                             np.asarray(want_grads[1], np.float32), atol=tolerance)
+  for name in ("scale", "bias"):
+    np.testing.assert_allclose(grads[0][name][...], want_grads[0][name][...],
+                               rtol=tolerance, atol=tolerance)
+  # Same state (checkpoints move between them), running averages updated alike.
+  state, want_state = (nnx.to_pure_dict(nnx.state(module)) for module in modules)
+  assert jax.tree.structure(state) == jax.tree.structure(want_state)
+  for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(want_state)):
+    np.testing.assert_array_equal(got, want)
+  for module in modules:
+    module.eval()
+  np.testing.assert_array_equal(modules[0](x), modules[1](x))

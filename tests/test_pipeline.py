@@ -107,3 +107,43 @@ def test_prepare_image_converts_channels_and_resizes():
   grey = pipeline.prepare_image(np.full((8, 8, 1), 9, np.uint8),
                                 pipeline.ImageSpec(8, 3, (0.5,) * 3, (0.5,) * 3))
   assert grey.shape == (8, 8, 3) and (grey == 9).all()
+
+
+class _CountingFiles:
+  """A source that decodes on every access (as folder: and prepared: do), counting reads."""
+
+  def __init__(self, records):
+    self.records, self.reads = records, 0
+
+  def __len__(self):
+    return len(self.records)
+
+  def __getitem__(self, index):
+    self.reads += 1
+    return {"image": self.records[index]["image"], "label": self.records[index]["label"]}
+
+
+def test_decoded_images_are_read_once_then_from_memory(monkeypatch):
+  source = _CountingFiles(_records(24))
+  iterator = pipeline.train_iterator(source, _data_config(), SPEC, batch_size=8, seed=0)
+  first_epoch = [next(iterator) for _ in range(3)]
+  assert source.reads == 24
+  second_epoch = [next(iterator) for _ in range(3)]
+  assert source.reads == 24  # the second epoch came from memory
+  # ...and holds what reading the files gives (each image's first pixel names its record).
+  first_pixels = {int(source.records[i]["image"][0, 0, 0]): i for i in range(24)}
+  for batch in first_epoch + second_epoch:
+    pixels = np.round((batch["image"][:, 0, 0, 0] * 0.25 + 0.5) * 255).astype(int)
+    expected, labels = pipeline.read_batch(source.records,
+                                           np.array([first_pixels[p] for p in pixels]), SPEC)
+    np.testing.assert_allclose(batch["image"], (expected / 255 - 0.5) / 0.25, atol=1e-6)
+    np.testing.assert_array_equal(batch["label"], labels)
+  # Nothing is kept for in-memory sources, nor for splits larger than the budget.
+  in_memory = _records(24)
+  pipeline.cached_read_batch(in_memory, np.arange(8), SPEC)
+  assert in_memory not in pipeline._DECODED  # pylint: disable=protected-access
+  monkeypatch.setattr(pipeline, "DECODED_CACHE_BYTES", 24 * 64 - 1)
+  large = _CountingFiles(_records(24))
+  for _ in range(2):
+    pipeline.cached_read_batch(large, np.arange(8), SPEC)
+  assert large.reads == 16

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, run_module
 from prepare_data import CLASSES, good_image, rotated_expected, write_messy_folder
-from vision.data import audit, prepare
+from vision.data import audit, pipeline, prepare
 from vision.data.sources import SourceError, open_dataset
 from vision.train import loop
 
@@ -165,3 +165,29 @@ def test_prepare_cli_then_fashion_mnist_config_trains_on_prepared(tmp_path, mess
   card = json.loads((workdir / "model_card.json").read_text())
   # Sizes vary (24x24, 18x24 after rotation): the median side, 24 px, RGB.
   assert card["image_size"] == 24 and card["channels"] == 3 and card["num_classes"] == 4
+
+
+def test_prepared_batches_read_at_once_equal_record_by_record(messy):
+  _, out, _, _, _ = messy
+  train = open_dataset(f"prepared:{out}").split("train")
+  indices = np.arange(len(train))[::-1]
+  images, labels = train.read_arrays(indices)
+  assert isinstance(images, list)  # the messy folder's images differ in size
+  for image, label, index in zip(images, labels, indices):
+    np.testing.assert_array_equal(image, train[int(index)]["image"])
+    assert label == train[int(index)]["label"]
+  spec = pipeline.ImageSpec(size=16, channels=1, mean=(0.5,), std=(0.5,))
+  batch, batch_labels = pipeline.read_batch(train, indices, spec)
+  one_by_one = np.stack([pipeline.prepare_image(train[int(i)]["image"], spec) for i in indices])
+  np.testing.assert_array_equal(batch, one_by_one)
+  np.testing.assert_array_equal(batch_labels, labels)
+
+
+def test_prepared_images_of_one_size_are_read_as_one_array(tmp_path, folder_dir):
+  prepare.prepare(f"folder:{folder_dir}", str(tmp_path / "out"))
+  train = open_dataset(f"prepared:{tmp_path / 'out'}").split("train")
+  images, labels = train.read_arrays(np.array([3, 0, 5]))
+  assert images.shape == (3, 20, 20, 3)
+  for image, label, index in zip(images, labels, (3, 0, 5)):
+    np.testing.assert_array_equal(image, train[index]["image"])
+    assert label == train[index]["label"]

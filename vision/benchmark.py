@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vision import parallel, torch_speed, xla_flags
+from vision import parallel, profiling, torch_speed, xla_flags
 from vision.data import pipeline
 from vision.data.sources import ArraySource
 from vision.models import MODELS, ModelOptions, create_model
@@ -77,6 +77,8 @@ class BenchmarkOptions:
   compare_untuned: bool = True
   # The models' compute dtype (parameters stay float32).
   dtype: str = "float32"
+  # Also trace JAX's step with jax.profiler and report its time per HLO op (`op_profile`).
+  profile: bool = False
 
   def workloads(self) -> list[Workload]:
     if self.model is not None:
@@ -303,6 +305,7 @@ def measure_train_step(options: BenchmarkOptions, workload: Workload, peak: floa
   if "jax" in timings.errors:
     raise RuntimeError(f"the JAX train step of {workload.model} failed: {timings.errors['jax']}")
   images_per_s = options.batch_size / timings.seconds["jax"]
+  profile = profiling.op_profile(jax_step) if options.profile else None
   untuned = untuned_speed(options, workload) if options.compare_untuned else None
   torch_speeds = {name: options.batch_size / seconds
                   for name, seconds in timings.seconds.items() if name != "jax"}
@@ -316,6 +319,9 @@ def measure_train_step(options: BenchmarkOptions, workload: Workload, peak: floa
       "untuned_images_per_s": untuned,
       "speedup_vs_untuned": images_per_s / untuned if untuned else None,
       **torch_columns(images_per_s, torch_speeds, timings, flops / options.batch_size, peak),
+      # Microseconds per step of the 20 costliest HLO ops and of every kind of op.
+      "op_profile": ({"ops": dict(list(profile.ops.items())[:20]), "kinds": profile.kinds}
+                     if profile else None),
   }
 
 
@@ -394,6 +400,8 @@ def format_rows(rows: list[dict]) -> str:
     compile_notes += compile_note(row)
     for variant, error in row["torch_errors"].items():
       lines.append(f"  PyTorch {variant} failed: {error}")
+    if row.get("op_profile"):
+      lines.append(profiling.format_op_profile(profiling.OpProfile(**row["op_profile"])))
   if compile_notes:
     lines.append("torch.compile warm-up: " + "; ".join(compile_notes))
   return "\n".join(lines)

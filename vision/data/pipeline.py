@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Iterator
+import weakref
 
 from absl import flags
 import grain
@@ -25,8 +26,8 @@ from PIL import Image
 
 from vision.config import ConfigError
 from vision.data import augment, sampling
-from vision.data.sources import (RecordSource, SubsetSource, multi_hot_reader, record_labels,
-                                 vectorised_reader)
+from vision.data.sources import (ArraySource, RecordSource, SubsetSource, multi_hot_reader,
+                                 record_labels, vectorised_reader)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +112,10 @@ def read_batch(records: RecordSource, indices: np.ndarray,
   reader = vectorised_reader(records)
   if reader is not None:
     images, labels = reader(indices)
-    if images.shape[1:] == (spec.size, spec.size, spec.channels):
-      return images, labels.astype(np.int32)
+    if (isinstance(images, np.ndarray) and images.ndim == 4
+        and images.shape[1:3] == (spec.size, spec.size)):
+      # The right size already: only the channels may differ, converted for the whole batch.
+      return _match_channels(images, spec.channels), labels.astype(np.int32)
   else:
     rows = [records[int(i)] for i in indices]
     images, labels = [r["image"] for r in rows], np.asarray([r["label"] for r in rows])
@@ -122,6 +125,57 @@ def read_batch(records: RecordSource, indices: np.ndarray,
   return np.stack(prepared), labels.astype(np.int32)
 
 
+# A split's decoded, model-ready images are kept in memory after their first read when they
+# fit in this many bytes (Fashion-MNIST's training split: 44 MB), so that every epoch after
+# the first reads memory, as `idx:` does, instead of decoding files again.
+DECODED_CACHE_BYTES = 1 << 30
+
+
+class DecodedImages:
+  """One split's model-ready uint8 images and labels, filled in as they are first read."""
+
+  def __init__(self, count: int, spec: ImageSpec):
+    # np.empty only reserves: memory is taken as images arrive.
+    self.images = np.empty((count, spec.size, spec.size, spec.channels), np.uint8)
+    self.labels = np.empty((count,), np.int32)
+    self.filled = np.zeros((count,), bool)
+
+  def read(self, records: RecordSource, indices: np.ndarray,
+           spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+    indices = np.asarray(indices, np.int64)
+    missing = np.unique(indices[~self.filled[indices]])
+    if len(missing):
+      self.images[missing], self.labels[missing] = read_batch(records, missing, spec)
+      self.filled[missing] = True
+    return self.images[indices], self.labels[indices]
+
+
+# records → {spec: DecodedImages}; an entry goes with its source (each grain worker has its own).
+_DECODED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _in_memory(records: RecordSource) -> bool:
+  while isinstance(records, SubsetSource):
+    records = records.base
+  return isinstance(records, ArraySource)
+
+
+def cached_read_batch(records: RecordSource, indices: np.ndarray,
+                      spec: ImageSpec) -> tuple[np.ndarray, np.ndarray]:
+  """`read_batch`, kept in memory (`DecodedImages`) for sources that decode files, if they fit.
+
+  Why `prepared:` trained ~15% slower than `idx:` on the same images: each
+  batch read 128 records one by one, parsed their headers and decoded their
+  PNGs in the input thread, which shares the CPU with the train step.
+  """
+  if _in_memory(records) or len(records) * spec.size**2 * spec.channels > DECODED_CACHE_BYTES:
+    return read_batch(records, indices, spec)
+  caches = _DECODED.setdefault(records, {})
+  if spec not in caches:
+    caches[spec] = DecodedImages(len(records), spec)
+  return caches[spec].read(records, indices, spec)
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadBatch(grain.transforms.Map):
   """A batch of record indices → {'image': uint8 [B,H,W,C], 'label': int32 [B]}."""
@@ -129,7 +183,7 @@ class LoadBatch(grain.transforms.Map):
   spec: ImageSpec
 
   def map(self, indices: np.ndarray) -> dict:
-    images, labels = read_batch(self.records, indices, self.spec)
+    images, labels = cached_read_batch(self.records, indices, self.spec)
     batch = {"image": images, "label": labels}
     multi_hot = multi_hot_reader(self.records)
     if multi_hot is not None:  # multi-label datasets: float32 [B, num_classes]

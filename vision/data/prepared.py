@@ -55,6 +55,20 @@ class PreparedSource:
       record["labels"] = multi_hot(header["labels"], self._num_classes)
     return record
 
+  def read_arrays(self, indices: np.ndarray) -> tuple[np.ndarray | list[np.ndarray], np.ndarray]:
+    """Images (stacked when they share a shape, else a list) and first labels at `indices`.
+
+    One batched read of the records (several times faster than one read each)
+    and labels from the metadata.
+    """
+    indices = [int(i) for i in indices]
+    images = [prepare_lib.decode_record(record)[0]
+              for record in self._records().__getitems__(indices)]
+    labels = np.array([self._labels[i][0] for i in indices], np.int64)
+    if images and all(image.shape == images[0].shape for image in images):
+      return np.stack(images), labels
+    return images, labels
+
   def _read_multi_hot(self, indices: np.ndarray) -> np.ndarray:
     """Multi-hot targets [N, classes] from the metadata, without decoding images."""
     return np.stack([multi_hot(self._labels[int(i)], self._num_classes) for i in indices]

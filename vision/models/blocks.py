@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vision.models.normalization import BatchNorm
 from vision.models.layers import Conv
 
 Activation = Callable[[jax.Array], jax.Array]
@@ -84,8 +85,8 @@ def conv(in_features: int, out_features: int, kernel: int, stride: int = 1, *, g
 
 
 def batch_norm(features: int, *, eps: float = 1e-5, dtype=jnp.float32,
-               rngs: nnx.Rngs) -> nnx.BatchNorm:
-  return nnx.BatchNorm(features, momentum=0.9, epsilon=eps, dtype=dtype, rngs=rngs)
+               rngs: nnx.Rngs) -> BatchNorm:
+  return BatchNorm(features, momentum=0.9, epsilon=eps, dtype=dtype, rngs=rngs)
 
 
 class ConvNormAct(nnx.Module):

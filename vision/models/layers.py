@@ -31,6 +31,7 @@ or 3-D convolutions, input dilation, other dimension orders) uses `lax` either w
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 from flax import nnx
@@ -142,6 +143,61 @@ def matmul_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], p
   return _contract(patches, rhs, groups, precision, preferred_element_type)
 
 
+def materialise(x: jax.Array) -> jax.Array:
+  """`x`, as a value XLA must hold in memory: its consumers cannot fuse (and recompute) its producers.
+
+  XLA expands optimization barriers before fusion, so they do not stop it; a
+  conditional is a fusion boundary, and its predicate is only known at run time.
+  The other branch makes an `x` that starts with NaN all NaN: non-finite stays
+  non-finite (the train step's check), at no cost to finite values.
+  """
+  first = x.reshape(-1)[0]
+  return lax.cond(first == first, lambda v: v, lambda v: jnp.full_like(v, jnp.nan), x)
+
+
+def _hashable_padding(padding):
+  return padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LaxConv:
+  """`lax.conv_general_dilated`'s static arguments (hashable, for `custom_vjp`)."""
+  window_strides: tuple[int, ...]
+  padding: str | tuple[tuple[int, int], ...]
+  kwargs: tuple[tuple[str, object], ...]
+
+  def __call__(self, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    return lax.conv_general_dilated(lhs, rhs, self.window_strides, self.padding,
+                                    **dict(self.kwargs))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def lax_conv(lhs: jax.Array, rhs: jax.Array, conv: _LaxConv) -> jax.Array:
+  """`lax.conv_general_dilated`, whose backward pass reads its input and gradient from memory.
+
+  Its gradients are JAX's own (the same two convolutions). Without the
+  `materialise` barriers XLA:CPU fused the elementwise chains that produce the
+  input (BatchNorm, ReLU, residual adds: several tensors) and the incoming
+  gradient into the layout transposes the weight-gradient convolution needs,
+  recomputing each chain there instead of reading its result once (ResNet-18:
+  a third of the step's op time went to such transposes).
+  """
+  return conv(lhs, rhs)
+
+
+def _lax_conv_forward(lhs, rhs, conv):
+  return conv(lhs, rhs), (lhs, rhs)
+
+
+def _lax_conv_backward(conv, residuals, gradient):
+  lhs, rhs = residuals
+  _, vjp = jax.vjp(conv, materialise(lhs), rhs)
+  return vjp(materialise(gradient))
+
+
+lax_conv.defvjp(_lax_conv_forward, _lax_conv_backward)
+
+
 @dataclasses.dataclass(frozen=True)
 class ConvLowering:
   """`nnx.Conv`'s `conv_general_dilated` hook: lax or matmuls, decided at trace time."""
@@ -162,7 +218,8 @@ class ConvLowering:
                    and dimension_numbers == _NHWC_HWIO and not kwargs
                    and tuple(lhs_dilation or (1, 1)) == (1, 1) and out_sharding is None)
     if not matmul_fits:
-      return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **lax_kwargs)
+      return lax_conv(lhs, rhs, _LaxConv(tuple(window_strides), _hashable_padding(padding),
+                                         tuple(sorted(lax_kwargs.items()))))
     return matmul_conv(lhs, rhs, window_strides, padding, rhs_dilation=rhs_dilation,
                        feature_group_count=feature_group_count, precision=precision,
                        preferred_element_type=preferred_element_type)
@@ -201,10 +258,9 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int] | N
              padding: str = "VALID") -> jax.Array:
   """`nnx.max_pool` on NHWC; non-overlapping VALID windows by a reshape and a max.
 
-  XLA:CPU's max-pool gradient (select-and-scatter) is slow; the reshape's
-  gradient is elementwise. Where a window holds several equal maxima the
-  gradient is split between them instead of going to one (after a ReLU such
-  ties are zeros whose gradient the ReLU drops anyway).
+  XLA:CPU's max-pool gradient (select-and-scatter) is slow; this one is
+  elementwise (`window_max`), and goes, as PyTorch's and `nnx.max_pool`'s do, to
+  the first maximum of each window.
   """
   strides = tuple(strides or window)
   if tuple(window) != strides or padding != "VALID" or x.ndim != 4:
@@ -214,7 +270,45 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int] | N
   x = x[:, :ho * ph, :wo * pw]
   # One axis split per reshape: the rule explicitly sharded arrays (the data axis) allow.
   x = x.reshape(batch, ho, ph, wo * pw, channels).reshape(batch, ho, ph, wo, pw, channels)
-  return x.max(axis=(2, 4))
+  return window_max(x)
+
+
+@jax.custom_vjp
+def window_max(windows: jax.Array) -> jax.Array:
+  """[B, Ho, ph, Wo, pw, C] → [B, Ho, Wo, C], the maximum of each ph×pw window.
+
+  The gradient goes to each window's first maximum (row-major), found by
+  elementwise comparisons. Autodiff of `max` would split it between equal
+  maxima with a sum over the window; XLA:CPU fused that sum, and the division
+  by it, with the convolution producing the incoming gradient into one YNNPACK
+  call that ran the convolution at a fraction of oneDNN's speed (small CNN:
+  the two largest ops of the step).
+  """
+  return windows.max(axis=(2, 4))
+
+
+def _window_max_forward(windows):
+  maxima = windows.max(axis=(2, 4))
+  return maxima, (windows, maxima)
+
+
+def _window_max_backward(residuals, gradient):
+  windows, maxima = residuals
+  maxima, gradient = maxima[:, :, None, :, None], gradient[:, :, None, :, None]
+  zeros = jnp.zeros_like(gradient)
+  taken, rows = None, []
+  for i in range(windows.shape[2]):
+    columns = []
+    for j in range(windows.shape[4]):
+      tap = windows[:, :, i:i + 1, :, j:j + 1]
+      hit = tap == maxima if taken is None else (tap == maxima) & ~taken
+      taken = hit if taken is None else taken | hit
+      columns.append(jnp.where(hit, gradient, zeros))
+    rows.append(jnp.concatenate(columns, axis=4))
+  return (jnp.concatenate(rows, axis=2),)
+
+
+window_max.defvjp(_window_max_forward, _window_max_backward)
 
 
 @jax.custom_vjp
@@ -232,11 +326,7 @@ def _barrier_forward(x):
 
 
 def _barrier_backward(_, gradient):
-  # XLA expands optimization barriers before fusion, so they do not stop it; a
-  # conditional is a fusion boundary, and its predicate is only known at run time.
-  first = gradient.reshape(-1)[0]
-  # The other branch keeps a NaN gradient non-finite, so the train step's check still sees it.
-  return (lax.cond(first == first, lambda g: g, lambda g: jnp.full_like(g, jnp.nan), gradient),)
+  return (materialise(gradient),)
 
 
 gradient_barrier.defvjp(_barrier_forward, _barrier_backward)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from vision.models import MODELS, ModelOptions
+from vision.models.normalization import BatchNorm
 from vision.models.layers import Conv
 from vision.models.torch_import import TORCH_IMPORTERS, StateDict, TorchState, check_source
 
@@ -33,9 +34,9 @@ def conv(in_features: int, out_features: int, kernel: int, stride: int = 1, *, d
                   kernel_init=_kernel_init, rngs=rngs)
 
 
-def batch_norm(features: int, *, zero_init: bool = False, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
+def batch_norm(features: int, *, zero_init: bool = False, dtype, rngs: nnx.Rngs) -> BatchNorm:
   scale_init = nnx.initializers.zeros if zero_init else nnx.initializers.ones
-  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype,
+  return BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype,
                        scale_init=scale_init, rngs=rngs)
 
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vision.models import MODELS, ModelOptions
+from vision.models.normalization import BatchNorm
 from vision.models.layers import Conv, max_pool
 
 
@@ -26,7 +27,7 @@ class ConvBNReLU(nnx.Module):
   def __init__(self, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
     self.conv = Conv(in_features, out_features, (3, 3), padding=((1, 1), (1, 1)),
                          use_bias=False, dtype=dtype, rngs=rngs)
-    self.norm = nnx.BatchNorm(out_features, momentum=0.9, dtype=dtype, rngs=rngs)
+    self.norm = BatchNorm(out_features, momentum=0.9, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return nnx.relu(self.norm(self.conv(x)))

@@ -28,6 +28,7 @@ import numpy as np
 from vision.config import ConfigError
 from vision.models import MODELS, ModelOptions
 from vision.models.layers import Conv, gradient_barrier
+from vision.models.normalization import LayerNorm
 from vision.models import torch_import
 from vision.models.torch_import import StateDict, TorchState, WeightImportError, assign
 
@@ -36,9 +37,9 @@ _init = nnx.initializers.truncated_normal(stddev=0.02)
 _SIZES = {"ti": (192, 12, 3), "s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16)}
 
 
-def layer_norm(features: int, *, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+def layer_norm(features: int, *, dtype, rngs: nnx.Rngs) -> LayerNorm:
   # Two-pass variance, as PyTorch computes it (the one-pass form loses digits on large means).
-  return nnx.LayerNorm(features, epsilon=1e-6, use_fast_variance=False, dtype=dtype, rngs=rngs)
+  return LayerNorm(features, epsilon=1e-6, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 def linear(in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs) -> nnx.Linear:
