@@ -26,7 +26,7 @@ from ml_collections import config_flags
 
 from experiments import common
 from vision import parallel
-from vision.active import curve, simulate
+from vision.active import curve, real, simulate
 from vision.config import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (NAME.py[:arg]).")
@@ -38,7 +38,7 @@ _SIMULATE = flags.DEFINE_bool("simulate", False, "Simulate on the config's label
 _INITIAL_LABELS = flags.DEFINE_integer("initial_labels", 500, "Simulation: labels before round 1.")
 _INITIAL = flags.DEFINE_enum("initial", "stratified", ["stratified", "random"],
                              "Simulation: how the initial labelled set is drawn.")
-_QUERY_SIZE = flags.DEFINE_integer("query_size", 500, "Images labelled per round.")
+_QUERY_SIZE = flags.DEFINE_integer("query_size", 500, "Images labelled (queried) per round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 6, "Simulation: query rounds after the initial one.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Simulation: repetitions (initial set, init, order).")
 _WARM_START = flags.DEFINE_bool(
@@ -54,6 +54,11 @@ _MC_SAMPLES = flags.DEFINE_integer("mc_samples", 10, "bald: MC-dropout forward p
 _FULL_DATA = flags.DEFINE_float(
     "full_data_accuracy", None, "Test accuracy of the same network on every label, drawn on "
     "curve.png and compared in curve.md.")
+_POOL = flags.DEFINE_string("pool", None, "Real use: folder:PATH of unlabelled images (any depth).")
+_INIT_FROM = flags.DEFINE_string("init_from", None, "Real use: the trained model directory of round 0.")
+_LABELS = flags.DEFINE_string(
+    "labels", None, "Real use: labelstudio:EXPORT.json, the annotators' answers to merge.")
+_TOP_K = flags.DEFINE_integer("top_k", 3, "Real use: the model's top-k classes as pre-annotations.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -69,13 +74,30 @@ def _simulate() -> None:
   print(f"curve: {_WORKDIR.value}/curve.json, {_WORKDIR.value}/curve.png")
 
 
+def _real() -> None:
+  if len(_STRATEGY.value) != 1:
+    raise ConfigError(f"--strategy: one strategy for real use, got {','.join(_STRATEGY.value)}")
+  options = real.RealOptions(
+      strategy=_STRATEGY.value[0], pool=_POOL.value, init_from=_INIT_FROM.value,
+      query_size=_QUERY_SIZE.value, labels=_LABELS.value, warm_start=_WARM_START.value,
+      top_k=_TOP_K.value, mc_samples=_MC_SAMPLES.value)
+  summary = real.run_round(_CONFIG.value, _WORKDIR.value, options)
+  print(f"round {summary['round']}: {summary['num_queries']} images to label in "
+        f"{summary['queries']} (model {summary['model']})")
+  if summary.get("unreadable"):
+    print(f"{summary['unreadable']} unreadable pool image(s) skipped: see "
+          f"{pathlib.Path(summary['queries']).parent / real.UNREADABLE_CSV}")
+
+
 def main(argv: list[str]) -> None:
   common.reject_extra_arguments(argv)
   parallel.initialize_distributed()
   if _SIMULATE.value:
     _simulate()
-    return
-  raise ConfigError("give --simulate, or --pool=folder:PATH with --init_from=MODEL_DIR")
+  elif _POOL.value and _INIT_FROM.value:
+    _real()
+  else:
+    raise ConfigError("give --simulate, or --pool=folder:PATH with --init_from=MODEL_DIR")
 
 
 if __name__ == "__main__":

@@ -287,6 +287,9 @@ def simulate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     if not first.exists():
       _save_indices(first, initial_indices(sim.labels, options.initial_labels, seed,
                                            options.initial))
+    elif len(np.load(first)) != options.initial_labels:
+      raise ConfigError(f"{sim.workdir} was started with --initial_labels="
+                        f"{len(np.load(first))}, not {options.initial_labels}: use another --workdir")
     train_round(sim, "", seed, 0, group="initial")
     for strategy in options.strategies:
       name = run_name(strategy, options.warm_start)
