@@ -26,38 +26,34 @@ Smoke test: `--config=configs/active_fashion_mnist.py:smoke` trains 20 steps on
 --query_size=32 --rounds=1 --seeds=1).
 """
 
+import importlib.util
+import pathlib
+
 from vision import config as config_lib
+
+
+def _quickstart():
+  """configs/fashion_mnist.py's config: its data, network and optimizer."""
+  path = pathlib.Path(__file__).with_name("fashion_mnist.py")
+  spec = importlib.util.spec_from_file_location("fashion_mnist_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def get_config(arg: str | None = None):
   arg = config_lib.parse_arg(arg, smoke=False)
-  config = config_lib.defaults()
-  config_lib.use_fashion_mnist(config)
-  config.data.mean = (0.286,)
-  config.data.std = (0.353,)
-  config.data.crop_padding = 0
-  config.data.flip = True
-
-  config.model.name = "small_cnn"
-  config.model.widths = (24, 48, 96)
-  config.model.dropout = 0.1
-
+  config = _quickstart()
+  # Small labelled sets: half the quickstart's batch and learning rate, epochs over the labelled set.
   config.train.batch_size = 64
   config.train.epochs = 10.0
+  config.optim.learning_rate = 0.05
   config.train.eval_batch_size = 500
-  config.train.label_smoothing = 0.1
-  config.train.log_every_steps = 100
   # A checkpoint every 100 steps: a round killed mid-way resumes from there.
   config.train.checkpoint_every_steps = 100
   config.train.keep_checkpoints = 1
   # Queries may skew the class counts; the recipe stays the same every round.
   config.train.imbalance_threshold = None
-
-  config.optim.name = "sgd"
-  config.optim.learning_rate = 0.05
-  config.optim.weight_decay = 5e-4
-  config.optim.schedule = "cosine"
-  config.optim.warmup_epochs = 0.5
 
   if arg.smoke:
     config.data.max_train_examples = 1024

@@ -14,6 +14,7 @@ one size, so each variant compiles once per model.
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable
 
 from flax import nnx
@@ -72,7 +73,7 @@ def make_scorer(model: nnx.Module, mesh: jax.sharding.Mesh, *, embeddings: bool,
     return outputs
 
   base_key = parallel.replicate(jax.random.key(seed), mesh)
-  batches = iter(range(1 << 62))
+  batches = itertools.count()
   return lambda batch: score(state, batch["image"], jax.random.fold_in(base_key, next(batches)))
 
 

@@ -209,11 +209,14 @@ def query_round(sim: Simulation, name: str, strategy: str, seed: int, round_: in
   if sim.options.pool_subset and sim.options.pool_subset < len(pool):
     pool = np.sort(rng.choice(pool, sim.options.pool_subset, replace=False))
   start = time.time()
-  model, card = load_model(directory)
-  scores, _ = scoring.score_pool(
-      model, card, SubsetSource(sim.train, pool), strategy=strategy,
-      labelled=SubsetSource(sim.train, labelled), batch_size=sim.config.train.eval_batch_size,
-      mc_samples=sim.options.mc_samples, seed=seed * 1000 + round_)
+  if strategy == "random":  # needs nothing from the model: no scoring pass
+    scores = strategies.PoolScores(probs=np.zeros((len(pool), 1), np.float32))
+  else:
+    model, card = load_model(directory)
+    scores, _ = scoring.score_pool(
+        model, card, SubsetSource(sim.train, pool), strategy=strategy,
+        labelled=SubsetSource(sim.train, labelled), batch_size=sim.config.train.eval_batch_size,
+        mc_samples=sim.options.mc_samples, seed=seed * 1000 + round_)
   scored = time.time()
   chosen, acquisition = strategies.select(strategy, scores, sim.options.query_size,
                                           seed=seed * 1000 + round_)
