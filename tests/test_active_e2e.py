@@ -63,6 +63,18 @@ def simulation(tmp_path_factory):
           "round0_mtime": (before, finished.stat().st_mtime_ns)}
 
 
+def _last_wandb_run(workdir: pathlib.Path):
+  """The run record of the newest W&B run file in `workdir` (a killed process leaves an older,
+  unfinished one beside it), once W&B's service has written its exit record."""
+  deadline = time.monotonic() + 60
+  while True:
+    records = wandb_offline.read_records(wandb_offline.find_run_files(workdir)[-1])
+    if records and records[-1].WhichOneof("record_type") == "exit":
+      return next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert time.monotonic() < deadline, f"the W&B run in {workdir} never finished"
+    time.sleep(0.1)
+
+
 def test_simulation_writes_the_curve_and_resumes_without_redoing_rounds(simulation):
   workdir, rerun = simulation["workdir"], simulation["rerun"]
   # The killed round resumed from its checkpoint; the finished round 0 was not redone.
@@ -94,10 +106,7 @@ def test_simulation_writes_the_curve_and_resumes_without_redoing_rounds(simulati
       query = json.loads((round_dir / simulate.SELECTION).read_text())
       assert query["strategy"] == strategy and len(query["chosen"]) == QUERY
       # One W&B run per round, in the strategy's group.
-      run_file = wandb_offline.wait_for_run_files(
-          round_dir, len(wandb_offline.find_run_files(round_dir)))[0]
-      run = next(r.run for r in wandb_offline.read_records(run_file)
-                 if r.WhichOneof("record_type") == "run")
+      run = _last_wandb_run(round_dir)
       assert run.run_group == strategy and run.display_name == f"{strategy}-seed0-round{k}"
     assert sizes == [INITIAL + QUERY, INITIAL + 2 * QUERY]
   assert "margin" in rerun.stdout and "curve: " in rerun.stdout

@@ -135,7 +135,8 @@ def badge(probs: np.ndarray, embeddings: np.ndarray, count: int, *,
   Ash et al. (`n_local_trials=1`); should it pick fewer than `count` distinct
   points (all remaining embeddings identical), the largest norms fill the rest.
   """
-  vectors = gradient_embeddings(probs, embeddings)
+  # float64: scikit-learn upcasts float32 distances chunk by chunk, 5-18x slower here.
+  vectors = gradient_embeddings(probs, embeddings).astype(np.float64)
   count = min(count, len(vectors))
   _, picked = sklearn.cluster.kmeans_plusplus(vectors, n_clusters=count, random_state=seed,
                                               n_local_trials=1)
