@@ -143,6 +143,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2
   # The validation metric that picks the best checkpoint.
   c.train.best_metric = "val/accuracy"
+  # Early stopping (vision/train/early_stopping.py): stop after this many evaluations in a row
+  # without an improvement of best_metric by more than early_stopping_min_delta, then test the
+  # best checkpoint. None trains for the whole schedule.
+  c.train.early_stopping_patience = ml_collections.config_dict.placeholder(int)
+  c.train.early_stopping_min_delta = 0.0
   c.train.label_smoothing = 0.0
   # Imbalance (vision/train/imbalance.py): 'cross_entropy' or 'focal' (softmax focal loss).
   c.train.loss = "cross_entropy"
@@ -323,6 +328,7 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f"config key 'train.label_smoothing' must be in [0, 1), got {c.train.label_smoothing}")
   _check_augmentation(c.data)
+  _check_early_stopping(c.train)
   if not c.train.focal_gamma >= 0:
     raise ConfigError(f"config key 'train.focal_gamma' must be >= 0, got {c.train.focal_gamma}")
   if c.train.imbalance_threshold is not None and not c.train.imbalance_threshold >= 1:
@@ -337,6 +343,16 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
                       f"got {c.distill.hard_label_weight}")
   if len(c.data.mean) != len(c.data.std):
     raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
+
+
+def _check_early_stopping(train: ml_collections.ConfigDict) -> None:
+  patience = train.early_stopping_patience
+  if patience is not None and not patience >= 1:
+    raise ConfigError("config key 'train.early_stopping_patience' must be >= 1 (evaluations "
+                      f"without improvement) or None (off), got {patience}")
+  if not train.early_stopping_min_delta >= 0:
+    raise ConfigError("config key 'train.early_stopping_min_delta' must be >= 0, got "
+                      f"{train.early_stopping_min_delta}")
 
 
 def _check_augmentation(data: ml_collections.ConfigDict) -> None:
@@ -412,15 +428,24 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
   return flat
 
 
+def changed_keys(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[str]:
+  """The keys of `config` that differ from the earlier run's `workdir/config.json` (read only)."""
+  path = pathlib.Path(workdir) / RESOLVED_CONFIG
+  if not path.exists():
+    return []
+  try:
+    old = _flatten(json.loads(path.read_text()))
+  except json.JSONDecodeError as error:
+    raise ConfigError(f"{path} is not valid JSON ({error}); it was not written by this "
+                      "version of experiments.train: use a new --workdir") from None
+  return sorted(k for k, v in _flatten(config.to_dict()).items() if old.get(k, v) != v)
+
+
 def save_resolved(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[str]:
   """Writes `workdir/config.json`; returns the keys that differ from an earlier run's."""
-  path = pathlib.Path(workdir) / RESOLVED_CONFIG
-  new = config.to_dict()
-  changed = []
-  if path.exists():
-    old = _flatten(json.loads(path.read_text()))
-    changed = sorted(k for k, v in _flatten(new).items() if old.get(k, v) != v)
-  write_text_atomically(path, json.dumps(new, indent=2, default=list))
+  changed = changed_keys(config, workdir)
+  write_text_atomically(pathlib.Path(workdir) / RESOLVED_CONFIG,
+                        json.dumps(config.to_dict(), indent=2, default=list))
   return changed
 
 

@@ -56,6 +56,7 @@ from typing import Any, Sequence
 
 from vision.config import ConfigError, check_override_keys
 from vision.files import write_atomically, write_text_atomically
+from vision.logging import read_metrics
 
 log = logging.getLogger("vision")
 
@@ -217,15 +218,8 @@ def load_sweep(config_file: str | os.PathLike, arg: str | None = None) -> SweepS
 
 def final_metrics(trial_dir: pathlib.Path) -> dict[str, float]:
   """The last logged value of every `val/` and `test/` scalar in metrics.jsonl."""
-  path = trial_dir / "metrics.jsonl"
   final: dict[str, float] = {}
-  if not path.exists():
-    return final
-  for line in path.read_text().splitlines():
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError:
-      continue
+  for row in read_metrics(trial_dir):
     final.update({k: v for k, v in row.items()
                   if k.split("/")[0] in ("val", "test") and isinstance(v, (int, float))})
   return final
