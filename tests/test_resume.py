@@ -94,6 +94,12 @@ def test_a_model_directory_whose_card_and_checkpoint_disagree_is_one_line(traine
   (copy / checkpoint_lib.MODEL_CARD).write_text("{not json")
   with pytest.raises(ConfigError, match="model_card.json is not a model card"):
     checkpoint_lib.load_model(copy)
+  (copy / checkpoint_lib.MODEL_CARD).write_text((workdir / checkpoint_lib.MODEL_CARD).read_text())
+  (copy / "checkpoints/6/model/_METADATA").unlink()  # a damaged Orbax checkpoint
+  with pytest.raises(IncompatibleCheckpoint) as error:
+    checkpoint_lib.load_model(copy)
+  assert str(error.value).startswith(f"cannot read the checkpoint {copy}/checkpoints/6/model: ")
+  assert "\n" not in str(error.value)
 
 
 # ------------------------------------------------------------------ early stopping

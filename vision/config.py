@@ -34,6 +34,12 @@ FASHION_MNIST_CLASSES = (
 )
 
 
+# What `wandb.mode` (and $WANDB_MODE) may say; vision/logging.py maps them (and W&B's legacy
+# 'run' and 'dryrun') to W&B's modes.
+WANDB_MODES = ("online", "offline", "disabled")
+_WANDB_ACCEPTED = WANDB_MODES + ("run", "dryrun")
+
+
 class ConfigError(ValueError):
   """A user mistake in a config: the message is one actionable line."""
 
@@ -341,6 +347,10 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
   if not 0 <= c.distill.hard_label_weight <= 1:
     raise ConfigError(f"config key 'distill.hard_label_weight' must be in [0, 1], "
                       f"got {c.distill.hard_label_weight}")
+  if c.wandb.mode is not None and c.wandb.mode.strip().lower() not in _WANDB_ACCEPTED:
+    raise ConfigError(f"config key 'wandb.mode' is {c.wandb.mode!r}; expected one of "
+                      f"{', '.join(WANDB_MODES)} (or None: $WANDB_MODE, else online when logged "
+                      "in, else offline)")
   if len(c.data.mean) != len(c.data.std):
     raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
 
@@ -391,6 +401,10 @@ def _check_environment(c: ml_collections.ConfigDict) -> None:
           f"config key '{path}'={c[group][key]} is not divisible by the "
           f"{jax.device_count()} devices; use a multiple of {jax.device_count()}")
   _check_source_exists(c.data.source)
+  env_mode = os.environ.get("WANDB_MODE")
+  if c.wandb.mode is None and env_mode and env_mode.strip().lower() not in _WANDB_ACCEPTED:
+    raise ConfigError(f"environment variable WANDB_MODE is {env_mode!r}; expected one of "
+                      f"{', '.join(WANDB_MODES)}")
   if c.model.init_from and not os.path.isfile(os.path.join(c.model.init_from, "model_card.json")):
     raise ConfigError(
         f"config key 'model.init_from': {c.model.init_from!r} is not a model directory "
@@ -455,5 +469,9 @@ def load_resolved(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   if not path.exists():
     raise ConfigError(f"{path} does not exist: --workdir must be a directory written by "
                       "experiments.train")
-  return validate(ml_collections.ConfigDict(json.loads(path.read_text())),
-                  check_environment=False)
+  try:
+    resolved = json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise ConfigError(f"{path} is not valid JSON ({error}); it was not written by "
+                      "experiments.train (or was damaged)") from None
+  return validate(ml_collections.ConfigDict(resolved), check_environment=False)
