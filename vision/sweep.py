@@ -359,6 +359,8 @@ class Sweep:
 
   def _enqueue_grid(self, study) -> None:
     """Queues every grid point once, however many drivers start on the study at once."""
+    if study.user_attrs.get("grid_enqueued"):
+      return  # a resumed sweep (also one whose database predates the claims table)
     if self.claims.claim("grid-enqueued", self.owner):
       for point in self.spec.grid():
         study.enqueue_trial(point)
