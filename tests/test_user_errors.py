@@ -36,9 +36,11 @@ def one_line(error: pytest.ExceptionInfo) -> str:
 def test_sweep_storage_urls(tmp_path, url, expected):
   spec = sweep_lib.load_sweep("tests/configs/tiny_sweep.py")
   with pytest.raises(ConfigError) as error:
-    sweep_lib.Sweep(spec, train_command=["true"], config="unused", workdir=tmp_path, storage=url)
+    sweep_lib.Sweep(spec, train_command=["true"], config="unused", workdir=tmp_path / "sweep",
+                    storage=url)
   assert expected in one_line(error)
   assert "postgresql://USER@HOST/DATABASE" in str(error.value)
+  assert not (tmp_path / "sweep").exists()  # validated before anything was written
 
 
 def test_cross_validation_folds_larger_than_every_class():

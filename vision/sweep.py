@@ -324,13 +324,15 @@ class Sweep:
     self.spec, self.parallel = spec, parallel
     self.train_command, self.config, self.overrides = list(train_command), config, list(overrides)
     self.workdir = pathlib.Path(workdir).absolute()
-    self.workdir.mkdir(parents=True, exist_ok=True)
+    if storage is None:  # the default SQLite file lives in the workdir
+      self.workdir.mkdir(parents=True, exist_ok=True)
     self.storage_url = storage or f"sqlite:///{self.workdir / DATABASE}"
     self.env = env
     self.host, self.pid = socket.gethostname(), os.getpid()
     self.owner = f"{self.host}:{self.pid}"
     self.running: dict[int, _Running] = {}
-    self.study = self._open_study()
+    self.study = self._open_study()  # a wrong --storage fails here, before the workdir exists
+    self.workdir.mkdir(parents=True, exist_ok=True)
 
   def _open_study(self):
     import optuna  # pylint: disable=import-outside-toplevel

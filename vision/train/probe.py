@@ -166,6 +166,7 @@ def train_probe(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dic
   # Judged before anything is written: a refused workdir stays as it was.
   _refuse_stale_checkpoints(workdir, checkpoints, fingerprints)
   if parallel.is_main_process():
+    workdir.mkdir(parents=True, exist_ok=True)
     config_lib.save_resolved(config, workdir)
     card.write(workdir)
     _write_fingerprints(workdir, fingerprints)
