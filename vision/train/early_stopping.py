@@ -98,8 +98,8 @@ class EarlyStopping:
     direction = "risen" if self.higher_is_better else "fallen"
     return (f"early stopping at step {self.stopped_step}: {self.metric} has not {direction} by "
             f"more than {self.min_delta:g} for {self.patience} evaluations "
-            f"(train.early_stopping_patience); best {self.best:.4f} at step {self.best_step}, "
-            "whose checkpoint is tested")
+            f"(train.early_stopping_patience); best {self.best:.4f} at step {self.best_step}; "
+            f"the best checkpoint by {self.metric} is tested")
 
   def finish(self, workdir: str | os.PathLike) -> None:
     """Says why the run stopped (log and early_stopping.json) when it stopped early."""
