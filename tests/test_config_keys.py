@@ -112,6 +112,10 @@ def _flat(config) -> dict:
   return config_lib._flatten(config.to_dict())  # pylint: disable=protected-access
 
 
+def _flat_values(run: dict) -> list:
+  return [v for value in run.values() for v in (value if isinstance(value, tuple) else (value,))]
+
+
 def _family(name: str) -> str:
   """A model's family: the module of its builder (sizes of one family share its code)."""
   return MODELS[name].__module__.rsplit(".", 1)[-1]
@@ -184,11 +188,14 @@ def source_run(data) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(RUNS))
-def test_run_trains_with_its_keys(name, data, source_run):
+def test_run_trains_with_its_keys(name, data, request):
   workdir = data["runs"] / name
-  report = source_run if name == SOURCE_RUN else loop.train(_config(name, data), workdir)
+  uses_source = name == SOURCE_RUN or INIT in map(str, _flat_values(RUNS[name]))
+  source = request.getfixturevalue("source_run") if uses_source else None
+  report = source if name == SOURCE_RUN else loop.train(_config(name, data), workdir)
   assert 0.0 <= report["accuracy"] <= 1.0 and np.isfinite(report["loss"])
-  assert report == json.loads((workdir / "eval/test/report.json").read_text())
+  test_split = _config(name, data).data.test_split
+  assert report == json.loads((workdir / "eval" / test_split / "report.json").read_text())
   losses = [row["train/loss"] for row in read_metrics(workdir) if "train/loss" in row]
   assert losses and all(np.isfinite(losses))
   # The keys landed in the run's resolved config, as given.
