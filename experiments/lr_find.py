@@ -38,16 +38,7 @@ def main(argv: list[str]) -> None:
   workdir = _WORKDIR.value or f"runs/lr_find/{config_name}"
   if parallel.is_main_process():
     paths = result.write(workdir)
-    steps = f"{len(result.lrs)} steps{', stopped early' if result.stopped_early else ''}"
-    if result.conclusive:
-      steepest = (f", falling fastest at {result.steepest_lr:.3g}"
-                  if result.steepest_lr is not None else "")
-      print(f"suggested learning rate {result.suggested_lr:.3g} (loss lowest at "
-            f"{result.min_loss_lr:.3g}{steepest}; {steps})")
-      if result.note:
-        print(f"note: {result.note}")
-    else:
-      print(f"no suggestion: the test was {result.note} ({steps})")
+    print(result.summary())
     print(f"plot {paths['plot']}, values {paths['json']}")
 
 

@@ -49,7 +49,7 @@ def test_a_curve_that_only_rises_is_inconclusive_with_no_suggestion():
   assert not found.conclusive and "NaN/Inf from the first step" in found.note
 
 
-def test_the_issue_cases_never_suggest_outside_the_range(idx_dir):
+def test_the_issue_cases_never_suggest_outside_the_range(idx_dir, tmp_path):
   config = tiny_config(f"idx:{idx_dir}")
   # --min_lr=1 --max_lr=100: the loss only rises. Before: "suggested 0.1", outside the range.
   high = lr_find.find_lr(config, min_lr=1.0, max_lr=100.0, num_steps=40)
@@ -61,6 +61,12 @@ def test_the_issue_cases_never_suggest_outside_the_range(idx_dir):
   few = lr_find.find_lr(config, min_lr=1e-5, max_lr=10.0, num_steps=3)
   assert len(few.lrs) == 3 and not few.conclusive and few.suggested_lr is None
   assert "too few steps (3)" in few.note
+  # What experiments.lr_find prints for them.
+  assert high.summary().startswith("no suggestion: the test was inconclusive: ")
+  assert few.summary() == f"no suggestion: the test was {few.note} (3 steps)"
+  paths = high.write(tmp_path)  # the plot without a suggestion to mark
+  assert json.loads(paths["json"].read_text())["suggested_lr"] is None
+  assert paths["plot"].stat().st_size > 5000
 
 
 @pytest.mark.slow
@@ -77,13 +83,3 @@ def test_lr_find_cli_suggests_a_sane_rate_on_a_tiny_problem(tmp_path, idx_dir):
   assert values["stopped_early"] and len(values["lrs"]) < 40  # 100 is far too high: it diverges.
   assert (out / lr_find.PLOT_FILE).stat().st_size > 5000
 
-
-@pytest.mark.slow
-def test_lr_find_cli_says_inconclusive_when_the_range_starts_too_high(tmp_path, idx_dir):
-  out = tmp_path / "lr"
-  result = run_module("experiments.lr_find", f"--config={TINY}:source=idx:{idx_dir}",
-                      f"--workdir={out}", "--min_lr=1", "--max_lr=100", "--num_steps=40")
-  assert result.stdout.startswith("no suggestion: the test was inconclusive: "), result.stdout
-  values = json.loads((out / lr_find.JSON_FILE).read_text())
-  assert values["suggested_lr"] is None and not values["conclusive"]
-  assert (out / lr_find.PLOT_FILE).stat().st_size > 5000

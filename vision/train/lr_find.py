@@ -72,6 +72,17 @@ class LRFindResult:
   conclusive: bool = True
   note: str = ""
 
+  def summary(self) -> str:
+    """What experiments.lr_find prints: the suggestion, or why there is none."""
+    steps = f"{len(self.lrs)} steps{', stopped early' if self.stopped_early else ''}"
+    if not self.conclusive:
+      return f"no suggestion: the test was {self.note} ({steps})"
+    steepest = (f", falling fastest at {self.steepest_lr:.3g}"
+                if self.steepest_lr is not None else "")
+    line = (f"suggested learning rate {self.suggested_lr:.3g} (loss lowest at "
+            f"{self.min_loss_lr:.3g}{steepest}; {steps})")
+    return f"{line}\nnote: {self.note}" if self.note else line
+
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
 
