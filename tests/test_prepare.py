@@ -36,10 +36,11 @@ def messy(tmp_path_factory):
 
 
 def _by_path(report: dict, root: pathlib.Path) -> dict[str, set[str]]:
+  """{file: kinds}; a group finding (near duplicates) counts for each of its members."""
   found: dict[str, set[str]] = {}
   for finding in report["findings"]:
-    found.setdefault(str(pathlib.Path(finding["path"]).relative_to(root)), set()).add(
-        finding["kind"])
+    for path in finding.get("members") or [finding["path"]]:
+      found.setdefault(str(pathlib.Path(path).relative_to(root)), set()).add(finding["kind"])
   return found
 
 
