@@ -67,7 +67,7 @@ def main(argv: list[str]) -> None:
     print(f"  {kind}: {count}")
   near = report["near_duplicates"]
   if near["candidate_pairs"]:
-    print(f"  near duplicates: {near['groups']} groups of {near['images']} images "
+    print(f"  near duplicates: {near['groups']} group(s), {near['images']} images "
           f"({near['confirmed_pairs']} of {near['candidate_pairs']} candidate pairs confirmed)")
   print(f"prepared:{_OUT.value}  (report: {_OUT.value}/audit.html)")
 

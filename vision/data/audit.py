@@ -15,12 +15,12 @@ group and lists its files in `members`. Source files are only ever read.
 Near duplicates are found in two stages. Candidates: pairs whose 64-bit
 perceptual hashes (imagehash pHash) lie within `near_duplicate_distance` bits,
 found by multi-index hashing (Norouzi, Punjani & Fleet, "Fast Search in Hamming
-Space with Multi-Index Hashing", CVPR 2012): no all-pairs scan. Confirmation: a
-pixel difference on 32x32 greyscale signatures, aligned for brightness and for
-shifts of up to one signature pixel (`pixel_difference`), at most
-`near_duplicate_difference`; a 64-bit hash alone calls different small objects
-(a boot and two sneakers in Fashion-MNIST) near duplicates. Confirmed pairs are
-joined into groups (connected components).
+Space with Multi-Index Hashing", CVPR 2012): no all-pairs scan. Confirmation: the
+largest local difference left between 32x32 greyscale signatures once one is
+registered onto the other (sub-pixel shift, brightness and contrast;
+`pixel_difference`) is at most `near_duplicate_difference`; a 64-bit hash alone
+calls different small objects (a sandal and a sneaker in Fashion-MNIST)
+near duplicates. Confirmed pairs are joined into groups (connected components).
 """
 
 from __future__ import annotations
@@ -490,7 +490,9 @@ def render_html(report: dict, thumbnail: Callable[[str], str | None] = lambda pa
     by_kind[finding["kind"]].append(finding)
   picture = _Pictures(thumbnail, HTML_PICTURE_BUDGET)
   count_rows, sections = [], []
-  for kind, findings in by_kind.items():
+  rank = {EXCLUDED: 0, REPORTED: 1, NORMALISED: 2}  # what needs a person's eye first
+  for kind, findings in sorted(by_kind.items(),
+                               key=lambda item: (rank.get(item[1][0]["action"], 3), item[0])):
     images = sum(len(f.get("members") or [f["path"]]) for f in findings)
     shown = sorted(findings, key=lambda f: -len(f.get("members") or ()))[:HTML_EXAMPLES_PER_KIND]
     count_rows.append(f'<tr class="{esc(findings[0]["action"])}"><td><a href="#{esc(kind)}">'
