@@ -82,6 +82,7 @@ RUNS: dict[str, dict] = {
     },
     "fine-tune-distill": {
         "model.init_from": INIT, "model.hidden": 32, "transfer.mode": "fine_tune",
+        "data.class_names": ("a", "b", "c", "d"),  # a teacher's classes must be the student's
         "transfer.layer_decay": 0.8, "distill.teachers": (INIT,), "distill.temperature": 2.0,
         "distill.hard_label_weight": 0.5,
     },
