@@ -1,0 +1,85 @@
+"""A dataset's class structure, checked before anything trains on it.
+
+    warnings = check_classes("folder:data", ("defect",), {"train": np.array([20])})
+    # SourceError: found 1 class ('defect'); a classifier needs at least 2
+
+`open_dataset` (every source) and `experiments.prepare` call it with the
+number of examples per class in each split. Errors (`SourceError`, exit 2 in
+the entry points) are structures training cannot use: fewer than two classes,
+a class seen in val/test but never in train, a class with no training examples
+where the classes come from the data itself (an empty class folder, a label
+whose every file was unreadable), and, for single-label sources whose splits the
+user made, a class that a split of their own lacks. Where the class list is
+declared instead (IDX/TFDS, `data.class_names`), the last two are warnings,
+returned as one-line strings for the caller to log.
+"""
+
+from __future__ import annotations
+
+from typing import Collection, Mapping, Sequence
+
+import numpy as np
+
+from vision.data.errors import SourceError
+
+
+def check_classes(source: str, class_names: Sequence[str], counts: Mapping[str, np.ndarray], *,
+                  train_split: str = "train", native_splits: Collection[str] = (),
+                  discovered: bool = False, exhaustive_splits: bool = False) -> list[str]:
+  """Raises SourceError for an unusable class structure; returns warnings.
+
+  `counts[split][c]`: examples of class c in `split`. `native_splits`: the
+  splits the source itself holds (the others were carved from train).
+  `discovered`: the class list comes from the data (folders, labels), so a class
+  without training examples is a mistake, not a choice. `exhaustive_splits`: each
+  native split must hold every class (single-label data whose splits the user made).
+  """
+  if len(class_names) < 2:
+    found = (f"1 class ({class_names[0]!r})" if class_names else "no classes")
+    # The whole line is the message: the user knows which source they gave.
+    raise SourceError(f"found {found}; a classifier needs at least 2")
+  train = np.asarray(counts[train_split])
+  problems, warnings = [], []
+  for split, split_counts in counts.items():
+    if split == train_split:
+      continue
+    unseen = [class_names[c] for c, n in enumerate(split_counts) if n and not train[c]]
+    if unseen:
+      problems.append(
+          f"{_names(unseen)} {'has' if len(unseen) == 1 else 'have'} examples in {split} but "
+          f"none in {train_split}, so the model could never predict "
+          f"{'it' if len(unseen) == 1 else 'them'}: add training images or remove them from "
+          f"{split}")
+  empty = [name for name, n in zip(class_names, train) if not n]
+  if empty:
+    message = (f"{_names(empty)} {'has' if len(empty) == 1 else 'have'} no training examples"
+               f"; the model can never learn to predict {'it' if len(empty) == 1 else 'them'}")
+    if discovered:
+      problems.append(f"{message}: add images or remove the class")
+    else:
+      warnings.append(f"{source}: {message}")
+  for split in native_splits:
+    if split == train_split or split not in counts:
+      continue
+    missing = [name for c, name in enumerate(class_names) if train[c] and not counts[split][c]]
+    if missing:
+      message = (f"{_names(missing)} {'has' if len(missing) == 1 else 'have'} training "
+                 f"examples but none in the source's own {split} split, whose report would "
+                 f"leave {'it' if len(missing) == 1 else 'them'} out")
+      if exhaustive_splits:
+        problems.append(f"{message}: add some, or remove the {split} split to carve it from "
+                        "train")
+      else:
+        warnings.append(f"{source}: {message}")
+  if problems:
+    raise SourceError(f"{source}: {problems[0]}" + (
+        f" (and {len(problems) - 1} more problem(s): {'; '.join(problems[1:])})"
+        if len(problems) > 1 else ""))
+  return warnings
+
+
+def _names(names: Sequence[str], limit: int = 5) -> str:
+  shown = ", ".join(repr(n) for n in names[:limit])
+  more = f" and {len(names) - limit} more" if len(names) > limit else ""
+  return f"class{'es' if len(names) > 1 else ''} {shown}{more}"
+
