@@ -119,7 +119,8 @@ def test_splits_that_disagree_and_empty_classes_are_errors(tmp_path):
             "class 'nut' has training examples but none in the source's own val split")
   flat = write_classes(tmp_path / "flat", {"bolt": 6, "nut": 6})
   (flat / "screw").mkdir()
-  both_fail(f"folder:{flat}", tmp_path / "out", "class 'screw' has no training examples")
+  both_fail(f"folder:{flat}", tmp_path / "out", "class 'screw' has no examples; the model can "
+            "never learn to predict it: add images or remove the class")
 
 
 def test_labels_the_model_cannot_represent(tmp_path):
@@ -160,3 +161,18 @@ def test_unreadable_files_and_macos_companions_are_skipped_and_counted(tmp_path,
   report = prepare.prepare(f"folder:{data}", str(tmp_path / "prepared"))
   assert report["summary"]["macos-companion"] == 2 and report["summary"]["truncated"] == 1
   assert report["files_kept"] == 48 and report["files_seen"] == 51
+
+
+def test_tiny_classes_never_reach_scikit_learn_errors(tmp_path):
+  """Carving tiny data: one line naming the problem, never scikit-learn's ValueError."""
+  data = write_classes(tmp_path / "data", {"bolt": 2, "nut": 2, "screw": 2})
+  # 4 of 6 to test leaves 2 for 3 classes: scikit-learn's stratified split raised here.
+  with pytest.raises(SourceError, match=r"carving test from train left classes 'nut', 'screw' "
+                     "without training examples: lower data.val_fraction / data.test_fraction"):
+    open_dataset(f"folder:{data}", SplitOptions(test_fraction=0.6))
+  write_classes(tmp_path / "data", {"washer": 1})
+  dataset = open_dataset(f"folder:{data}", SplitOptions(val_fraction=0.2, test_fraction=0.2))
+  train = dataset.split("train")
+  assert 3 in {int(train.base.labels[i]) for i in train.indices}  # a class's only image stays
+  with pytest.raises(SourceError, match="cannot carve 7 examples from a training split of 7"):
+    open_dataset(f"folder:{data}", SplitOptions(test_fraction=0.99))

@@ -146,16 +146,17 @@ def _drop_conflicts_and_copies(kept: list[Kept]) -> tuple[list[Kept], list[audit
   return [k for i, k in enumerate(kept) if i not in drop], findings
 
 
-def _check_structure(source: str, class_names: Sequence[str], kept: Sequence[Kept]) -> None:
-  """The class-structure checks every training source gets, on the source's own splits."""
+def _check_structure(source: str, class_names: Sequence[str], kept: Sequence[Kept],
+                     native_splits: set[str]) -> None:
+  """The class-structure checks every training source gets (vision/data/structure.py)."""
   index = {name: i for i, name in enumerate(class_names)}
   counts = {"train": np.zeros(len(class_names), np.int64)}
   for entry in kept:
-    split_counts = counts.setdefault(entry.split or "train", np.zeros(len(class_names), np.int64))
+    split_counts = counts.setdefault(entry.split, np.zeros(len(class_names), np.int64))
     for label in entry.item.labels:
       split_counts[index[label]] += 1
   multi_label = any(len(entry.item.labels) > 1 for entry in kept)
-  for warning in check_classes(source, class_names, counts, native_splits=set(counts),
+  for warning in check_classes(source, class_names, counts, native_splits=native_splits,
                                discovered=True, exhaustive_splits=not multi_label):
     log.warning(warning)
 
@@ -224,8 +225,9 @@ def prepare(source: str, out: str, options: PrepareOptions = PrepareOptions(),
   if not kept:
     raise SourceError(f"no usable images in {source}: every file was excluded "
                       f"({audit.summarise(findings)})")
-  _check_structure(source, listing.class_names, kept)
+  native_splits = {entry.split or "train" for entry in kept}
   _carve(kept, listing.class_names, options)
+  _check_structure(source, listing.class_names, kept, native_splits)
   kept, leakage = _drop_leakage(kept)
   findings += duplicate_findings + leakage
   entries = [audit.Entry(k.item.path, k.split, k.item.labels, k.inspected.sha256,

@@ -436,15 +436,28 @@ def carve_splits(data: NativeData, options: SplitOptions) -> dict[str, NativeSpl
 
 def _stratified_split(indices: np.ndarray, labels: np.ndarray, count: int,
                       seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(kept, taken): `count` of `indices` taken, stratified by `labels` where scikit-learn can.
+
+  A class's only example always stays: carving it would leave the class untrained.
+  Stratification needs at least 2 examples per class and `count` and the rest each
+  at least one per class; otherwise the draw is uniform (scikit-learn would raise).
+  """
   if count >= len(indices):
     raise SourceError(
         f"cannot carve {count} examples from a training split of {len(indices)}: "
-        "lower data.val_fraction / data.test_fraction or add data")
-  _, class_counts = np.unique(labels, return_counts=True)
-  stratify = labels if class_counts.min() >= 2 and count >= len(class_counts) else None
+        "lower data.val_fraction / data.test_fraction (experiments.prepare: --val_fraction / "
+        "--test_fraction) or add data")
+  classes, class_counts = np.unique(labels, return_counts=True)
+  alone = np.isin(labels, classes[class_counts < 2])
+  pool, pool_labels = indices[~alone], labels[~alone]
+  if count >= len(pool):
+    pool, pool_labels, alone = indices, labels, np.zeros(len(indices), bool)
+  num_classes = len(np.unique(pool_labels))
+  stratified = count >= num_classes and len(pool) - count >= num_classes and (
+      np.unique(pool_labels, return_counts=True)[1].min() >= 2)
   keep, taken = sklearn.model_selection.train_test_split(
-      indices, test_size=count, stratify=stratify, random_state=seed)
-  return np.sort(keep), np.sort(taken)
+      pool, test_size=count, stratify=pool_labels if stratified else None, random_state=seed)
+  return np.sort(np.concatenate([keep, indices[alone]])), np.sort(taken)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -472,13 +485,13 @@ def open_dataset(source: str, options: SplitOptions = SplitOptions()) -> Dataset
     raise SourceError(f"data source {source!r} has no split {options.train_split!r} (config key "
                       f"'data.train_split'); it has {sorted(data.splits)}")
   class_names = _class_names(source, data, options)
-  counts = {name: class_counts(split, len(class_names)) for name, split in data.splits.items()}
+  splits = carve_splits(data, options)
+  counts = {name: class_counts(split, len(class_names)) for name, split in splits.items()}
   for warning in check_classes(
       source, class_names, counts, train_split=options.train_split, native_splits=data.splits,
       discovered=data.discovered_classes,
       exhaustive_splits=data.discovered_classes and not data.multi_label):
     log.warning(warning)
-  splits = carve_splits(data, options)
   return Dataset({name: split.records for name, split in splits.items()}, class_names,
                  image_size=data.image_size, multi_label=data.multi_label)
 

@@ -6,10 +6,11 @@
 `open_dataset` (every source) and `experiments.prepare` call it with the
 number of examples per class in each split. Errors (`SourceError`, exit 2 in
 the entry points) are structures training cannot use: fewer than two classes,
-a class seen in val/test but never in train, a class with no training examples
-where the classes come from the data itself (an empty class folder, a label
-whose every file was unreadable), and, for single-label sources whose splits the
-user made, a class that a split of their own lacks. Where the class list is
+a class seen in val/test but never in train (also when carving val/test took a
+class's last training examples), a class with no examples at all where the
+classes come from the data itself (an empty class folder, a label whose every
+file was unreadable), and, for single-label sources whose splits the user made,
+a class that a split of their own lacks. Where the class list is
 declared instead (IDX/TFDS, `data.class_names`), the last two are warnings,
 returned as one-line strings for the caller to log.
 """
@@ -44,16 +45,20 @@ def check_classes(source: str, class_names: Sequence[str], counts: Mapping[str, 
     if split == train_split:
       continue
     unseen = [class_names[c] for c, n in enumerate(split_counts) if n and not train[c]]
-    if unseen:
+    if unseen and split not in native_splits:
       problems.append(
-          f"{_names(unseen)} {'has' if len(unseen) == 1 else 'have'} examples in {split} but "
-          f"none in {train_split}, so the model could never predict "
-          f"{'it' if len(unseen) == 1 else 'them'}: add training images or remove them from "
-          f"{split}")
-  empty = [name for name, n in zip(class_names, train) if not n]
+          f"carving {split} from train left {_names(unseen)} without training examples: lower "
+          "data.val_fraction / data.test_fraction or add images")
+    elif unseen:
+      problems.append(
+          f"{_names(unseen)} {_has(unseen)} examples in {split} but none in {train_split}, so "
+          f"the model could never predict {_it(unseen)}: add training images or remove "
+          f"{_it(unseen)} from {split}")
+  seen = np.sum([np.asarray(c) for c in counts.values()], axis=0)
+  empty = [name for name, n in zip(class_names, seen) if not n]
   if empty:
-    message = (f"{_names(empty)} {'has' if len(empty) == 1 else 'have'} no training examples"
-               f"; the model can never learn to predict {'it' if len(empty) == 1 else 'them'}")
+    message = (f"{_names(empty)} {_has(empty)} no examples; the model can never learn to "
+               f"predict {_it(empty)}")
     if discovered:
       problems.append(f"{message}: add images or remove the class")
     else:
@@ -63,19 +68,25 @@ def check_classes(source: str, class_names: Sequence[str], counts: Mapping[str, 
       continue
     missing = [name for c, name in enumerate(class_names) if train[c] and not counts[split][c]]
     if missing:
-      message = (f"{_names(missing)} {'has' if len(missing) == 1 else 'have'} training "
-                 f"examples but none in the source's own {split} split, whose report would "
-                 f"leave {'it' if len(missing) == 1 else 'them'} out")
+      message = (f"{_names(missing)} {_has(missing)} training examples but none in the "
+                 f"source's own {split} split, whose report would leave {_it(missing)} out")
       if exhaustive_splits:
         problems.append(f"{message}: add some, or remove the {split} split to carve it from "
                         "train")
       else:
         warnings.append(f"{source}: {message}")
   if problems:
-    raise SourceError(f"{source}: {problems[0]}" + (
-        f" (and {len(problems) - 1} more problem(s): {'; '.join(problems[1:])})"
-        if len(problems) > 1 else ""))
+    more = f" ({len(problems) - 1} more problem(s) after this one)" if len(problems) > 1 else ""
+    raise SourceError(f"{source}: {problems[0]}{more}")
   return warnings
+
+
+def _has(names: Sequence[str]) -> str:
+  return "has" if len(names) == 1 else "have"
+
+
+def _it(names: Sequence[str]) -> str:
+  return "it" if len(names) == 1 else "them"
 
 
 def _names(names: Sequence[str], limit: int = 5) -> str:
