@@ -23,7 +23,9 @@ from vision.evaluate.predict import model_input
 from vision.serve.images import Limits, decode_upload
 
 HEIGHT, WIDTH = 60, 90  # not square: a sideways read has the wrong shape
-SPEC = pipeline.ImageSpec(48, 3, (0.5,) * 3, (0.5,) * 3)
+# What models see: a plain resize + crop, and an imported model's resize-then-crop (256 -> 224 style).
+SPECS = (pipeline.ImageSpec(48, 3, (0.5,) * 3, (0.5,) * 3),
+         pipeline.ImageSpec(40, 1, (0.5,), (0.5,), resize_size=46, interpolation="bicubic"))
 
 
 def picture() -> np.ndarray:
@@ -135,11 +137,13 @@ def test_every_reader_returns_the_same_array(written, tmp_path):
     np.testing.assert_array_equal(csv[str(pathlib.Path(path).resolve())], reference, name)
     np.testing.assert_array_equal(prepared[path], reference, name)
     # What the model sees: training's preprocessing of the record, predict's, the server's.
-    model_view = pipeline.prepare_image(reference, SPEC)
-    np.testing.assert_array_equal(model_input(path, SPEC), model_view, name)
-    served = decode_upload(data, Limits(), height=SPEC.size, width=SPEC.size, channels=3,
-                           where=name)
-    np.testing.assert_array_equal(served, model_view, name)
+    for spec in SPECS:
+      model_view = pipeline.prepare_image(reference, spec)
+      np.testing.assert_array_equal(model_input(path, spec), model_view, name)
+      served = decode_upload(data, Limits(), height=spec.size, width=spec.size,
+                             channels=spec.channels, resize_size=spec.resize_size,
+                             interpolation=spec.interpolation, where=name)
+      np.testing.assert_array_equal(served, model_view, name)
 
 
 def test_failures_name_the_file_with_a_stable_kind(tmp_path):

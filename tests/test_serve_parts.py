@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import json
 import resource
 import struct
 import time
@@ -14,11 +15,13 @@ from PIL import Image
 import PIL.Image
 import pytest
 
+from vision.data import pipeline
 from vision.serve import drift
 from vision.serve.batcher import MicroBatcher
 from vision.serve.images import Limits, RequestError, decode_upload
 from vision.serve.log import Prediction, PredictionLog, read_predictions
 from vision.serve.router import Router
+from vision.serve.runtime import read_spec
 
 
 def png(array: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -100,6 +103,25 @@ def test_max_pixels_flag_governs_and_pillows_own_cap_follows_it():
   assert PIL.Image.MAX_IMAGE_PIXELS >= 200_000_000
   peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f"peak RSS after the 12000x12000 upload: {peak_mib:.0f} MiB")
+
+
+def test_export_json_resize_reaches_the_servers_preprocessing(tmp_path):
+  """An imported model's 256 -> 224 style resize (export.json `preprocessing`) is served too."""
+  (tmp_path / "model.onnx").write_bytes(b"onnx")
+  meta = {"format": "onnx", "model_file": "model.onnx", "class_names": ["a", "b"],
+          "input": {"height": 20, "width": 20, "channels": 3},
+          "preprocessing": {"resize_size": 24, "interpolation": "bicubic"}}
+  (tmp_path / "export.json").write_text(json.dumps(meta))
+  spec = read_spec(tmp_path)
+  assert (spec.resize_size, spec.interpolation) == (24, "bicubic")
+  rgb = np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8)
+  served = decode_upload(png(rgb), Limits(), height=20, width=20, channels=3,
+                         resize_size=spec.resize_size, interpolation=spec.interpolation)
+  np.testing.assert_array_equal(served, pipeline.prepare_image(
+      rgb, pipeline.ImageSpec(20, 3, (), (), resize_size=24, interpolation="bicubic")))
+  del meta["preprocessing"]  # exports written before the key existed
+  (tmp_path / "export.json").write_text(json.dumps(meta))
+  assert read_spec(tmp_path).resize_size is None
 
 
 def test_prediction_log_writes_in_the_background_and_reads_back(tmp_path):

@@ -348,6 +348,7 @@ def create_app(options: ServeOptions) -> fastapi.FastAPI:
     spec = state.model.spec
     decoded = await run_in_threadpool(lambda: [image_io.decode_upload(
         data, options.limits, height=spec.height, width=spec.width, channels=spec.channels,
+        resize_size=spec.resize_size, interpolation=spec.interpolation,
         where=name) for name, data in encoded])
     outputs = await asyncio.gather(
         *(asyncio.wrap_future(state.batcher.submit(image)) for image in decoded))

@@ -54,13 +54,15 @@ def decode_base64(text: object, where: str) -> bytes:
 
 
 def decode_upload(data: bytes, limits: Limits, *, height: int, width: int, channels: int,
+                  resize_size: int | None = None, interpolation: str = "bilinear",
                   where: str = "image") -> np.ndarray:
   """Encoded bytes -> uint8 [height, width, channels], or a RequestError."""
   try:
     rgb = decode_image(data, where=where, max_pixels=limits.max_pixels)
   except DecodeError as error:
     raise RequestError(_STATUS.get(error.kind, 400), _message(error)) from None
-  return to_model_input(rgb, height=height, width=width, channels=channels)
+  return to_model_input(rgb, height=height, width=width, channels=channels,
+                        resize_size=resize_size, interpolation=interpolation)
 
 
 def _message(error: DecodeError) -> str:
@@ -74,14 +76,16 @@ def _message(error: DecodeError) -> str:
           f"{', '.join(FORMATS)}")
 
 
-def to_model_input(rgb: np.ndarray, *, height: int, width: int, channels: int) -> np.ndarray:
+def to_model_input(rgb: np.ndarray, *, height: int, width: int, channels: int,
+                   resize_size: int | None = None, interpolation: str = "bilinear") -> np.ndarray:
   """A decoded RGB uint8 image -> the model's channels and size.
 
-  Square models get the training pipeline's own resize (shorter side, centre crop);
-  others a plain resize to height x width.
+  Square models get the training pipeline's own resize (shorter side to
+  `resize_size`, default the input size, then the centre crop), as evaluate and
+  predict do; others a plain resize to height x width.
   """
   if height == width:
-    return prepare_image(rgb, ImageSpec(height, channels, (), ()))
+    return prepare_image(rgb, ImageSpec(height, channels, (), (), resize_size, interpolation))
   image = Image.fromarray(rgb).resize((width, height), Image.BILINEAR)
   if channels == 1:
     return np.asarray(image.convert("L"), dtype=np.uint8)[..., None]
