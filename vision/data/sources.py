@@ -268,23 +268,31 @@ def open_idx(location: str, options: SplitOptions) -> NativeData:
 _ANNOUNCE_SCAN = 5000
 
 
-def _decode_failure(path: str) -> listing_lib.Skipped | None:
-  try:
-    check_image(path)
-  except DecodeError as error:
-    return listing_lib.Skipped(path, error.kind, error.reason)
-  return None
+_SCAN_CHUNK = 256  # files per thread task: a million files are 4k tasks, not a million futures
+
+
+def _decode_failures(paths: Sequence[str]) -> list[listing_lib.Skipped | None]:
+  failures = []
+  for path in paths:
+    try:
+      check_image(path)
+      failures.append(None)
+    except DecodeError as error:
+      failures.append(listing_lib.Skipped(path, error.kind, error.reason))
+  return failures
 
 
 def scan_items(items: Sequence[listing_lib.Item]
                ) -> tuple[list[listing_lib.Item], list[listing_lib.Skipped]]:
-  """The items whose file decodes, and why the others do not: every file decoded once
-  (`check_image`: the decoder without its RGB conversion).
+  """The items whose file decodes, and why the others do not: every file decoded once.
 
-  Decoding releases the GIL, so threads keep every core busy.
+  `check_image` is the decoder without its RGB conversion. Decoding releases the
+  GIL, so threads keep every core busy.
   """
+  paths = [item.path for item in items]
+  chunks = [paths[start:start + _SCAN_CHUNK] for start in range(0, len(paths), _SCAN_CHUNK)]
   with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
-    failures = list(pool.map(_decode_failure, [item.path for item in items]))
+    failures = [failure for chunk in pool.map(_decode_failures, chunks) for failure in chunk]
   kept = [item for item, failure in zip(items, failures) if failure is None]
   return kept, [failure for failure in failures if failure is not None]
 
@@ -511,9 +519,13 @@ def _class_names(source: str, data: NativeData, options: SplitOptions) -> tuple[
 def class_counts(split: NativeSplit, num_classes: int) -> np.ndarray:
   """Examples per class in a split (multi-label: images carrying each label); no decoding."""
   read_multi_hot = multi_hot_reader(split.records)
-  if read_multi_hot is not None:
-    return read_multi_hot(np.arange(len(split.records))).sum(0).astype(np.int64)
-  return np.bincount(np.asarray(split.labels, np.int64), minlength=num_classes)
+  if read_multi_hot is None:
+    return np.bincount(np.asarray(split.labels, np.int64), minlength=num_classes)
+  counts = np.zeros(num_classes, np.int64)
+  for start in range(0, len(split.records), 65536):  # memory: a chunk of multi-hot rows at a time
+    counts += read_multi_hot(np.arange(start, min(start + 65536, len(split.records)))).sum(
+        0).astype(np.int64)
+  return counts
 
 
 def split_options(data_config) -> SplitOptions:
