@@ -3,10 +3,12 @@
     report = prepare("folder:photos", "data/photos", PrepareOptions())
     report["summary"]          # {'truncated': 1, 'leakage': 2, ...}; also DIR/audit.json, .html
 
-Sources: `folder:PATH` (class sub-folders, optionally under train/ val|valid/ test/),
-`csv:FILE` (columns `path,label[,split]`; `;` separates the labels of a
+Sources: `folder:PATH` (class sub-folders, optionally under train/ val|valid|validation/
+test/), `csv:FILE` (columns `path,label[,split]`; `;` separates the labels of a
 multi-label image; paths relative to the CSV) and `labelstudio:FILE` (a Label
-Studio JSON export of an image-classification project with `choices`).
+Studio JSON export of an image-classification project with `choices`), listed by
+vision/data/listing.py and decoded by vision/data/decode.py exactly as training's
+sources do; the class structure is checked as theirs is (vision/data/structure.py).
 
 The output directory holds one `SPLIT.array_record` per split (each record a
 small JSON header, then the image as lossless PNG, RGB, the right way up) and
