@@ -22,6 +22,7 @@ from vision.config import ConfigError
 from vision.data import prepare
 from vision.data.sources import SourceError, SplitOptions, open_dataset
 from vision.train import loop
+from vision.train.cross_validate import fold_indices
 
 NAMES = ("bolt", "nut", "screw", "washer")
 
@@ -176,3 +177,9 @@ def test_tiny_classes_never_reach_scikit_learn_errors(tmp_path):
   assert 3 in {int(train.base.labels[i]) for i in train.indices}  # a class's only image stays
   with pytest.raises(SourceError, match="cannot carve 7 examples from a training split of 7"):
     open_dataset(f"folder:{data}", SplitOptions(test_fraction=0.99))
+
+  # Cross-validation's stratified folds: scikit-learn's ValueError becomes one line on --folds.
+  with pytest.raises(ConfigError, match=r"--folds=5 is more than the largest class's 3 examples; "
+                     "use --folds=3 or fewer"):
+    fold_indices(np.array([0, 0, 0, 1, 1, 2, 2, 2]), 5, seed=0)
+  assert len(fold_indices(np.array([0, 0, 0, 1, 1, 2, 2, 2]), 3, seed=0)) == 3
