@@ -105,8 +105,8 @@ def check_image(source: bytes | str | os.PathLike, *, where: str | None = None,
   where, image = _load(source, where, max_pixels, formats)
   with image:
     try:
-      image.getexif()
-    except Exception as error:  # pylint: disable=broad-except
+      _orientation(image)
+    except Exception as error:  # pylint: disable=broad-except  (a malformed EXIF block)
       raise _broken(where, error) from None
 
 
@@ -146,7 +146,8 @@ def follow_pixel_limit(max_pixels: int | None) -> None:
   Pillow refuses images over twice its cap while opening them, before the
   caller's own check could run: `--max_pixels=200000000` must govern.
   """
-  if max_pixels is None:
+  cap = Image.MAX_IMAGE_PIXELS
+  if max_pixels is None or cap is None or cap >= max_pixels:
     return
   with _CAP_LOCK:
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
@@ -185,9 +186,16 @@ def _broken(where: str, error: Exception) -> DecodeError:
   return DecodeError(where, "corrupt", f"corrupt image data ({type(error).__name__}: {error})")
 
 
+def _orientation(image: Image.Image) -> int:
+  """The EXIF orientation tag (1: as stored); parses EXIF only where the file carries some."""
+  if image.format != "TIFF" and not any("exif" in str(key).lower() for key in image.info):
+    return 1  # most files: no EXIF block to parse (TIFF keeps orientation among its own tags)
+  return image.getexif().get(_EXIF_ORIENTATION, 1)
+
+
 def _apply_orientation(image: Image.Image, conversions: list) -> Image.Image:
   """The image as it is meant to be displayed (EXIF orientation 2-8 applied)."""
-  orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+  orientation = _orientation(image)
   if orientation not in range(2, 9):
     return image
   conversions.append(("exif-rotated", f"EXIF orientation {orientation} applied (stored the "
