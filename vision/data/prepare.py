@@ -100,7 +100,6 @@ class Kept:
   png: bytes = b""
   height: int = 0
   width: int = 0
-  thumbnail: str | None = None
 
 
 def _check_output(out: pathlib.Path, listing: Listing) -> None:
@@ -157,9 +156,8 @@ def _check_structure(source: str, class_names: Sequence[str], kept: Sequence[Kep
     split_counts = counts.setdefault(entry.split, np.zeros(len(class_names), np.int64))
     for label in entry.item.labels:
       split_counts[index[label]] += 1
-  multi_label = any(len(entry.item.labels) > 1 for entry in kept)
   for warning in check_classes(source, class_names, counts, native_splits=native_splits,
-                               discovered=True, exhaustive_splits=not multi_label):
+                               discovered=True):
     log.warning(warning)
 
 
@@ -233,14 +231,15 @@ def prepare(source: str, out: str, options: PrepareOptions = PrepareOptions(),
   kept, leakage = _drop_leakage(kept)
   findings += duplicate_findings + leakage
   entries = [audit.Entry(k.item.path, k.split, k.item.labels, k.inspected.sha256,
-                         k.inspected.phash) for k in kept]
-  findings += audit.near_duplicate_findings(entries, options.limits.near_duplicate_distance)
+                         k.inspected.phash, k.inspected.signature) for k in kept]
+  near_duplicates, near_stats = audit.near_duplicate_findings(entries, options.limits)
+  findings += near_duplicates
 
   out_dir.mkdir(parents=True, exist_ok=True)
   metadata = _write_dataset(out_dir, source, listing.class_names, kept)
   report = _audit_report(source, listing, kept, findings, metadata)
-  thumbnails = _thumbnails(kept_before_dedupe, findings)
-  audit.write_audit(out_dir, report, thumbnails)
+  report["near_duplicates"] = near_stats
+  audit.write_audit(out_dir, report, _thumbnail_lookup(kept_before_dedupe))
   return report
 
 
@@ -289,7 +288,7 @@ def _audit_report(source: str, listing: Listing, kept: list[Kept],
       "classes": audit.class_statistics({n: total.get(n, 0) for n in metadata["class_names"]}),
       "splits": metadata["splits"],
       "summary": audit.summarise(findings),
-      "findings": [dataclasses.asdict(f) for f in findings],
+      "findings": [f.to_dict() for f in findings],
   }
 
 
@@ -298,19 +297,18 @@ def _inspect(item: Item, limits: audit.Limits) -> tuple[audit.Inspected, Kept | 
   image = inspected.image
   if image is None:
     return inspected, None
-  entry = Kept(item, inspected, item.split, encode_png(image), image.shape[0], image.shape[1],
-               audit.thumbnail_uri(image) if inspected.findings else None)
+  entry = Kept(item, inspected, item.split, encode_png(image), image.shape[0], image.shape[1])
   inspected.image = None
   return inspected, entry
 
 
-def _thumbnails(kept: list[Kept], findings: list[audit.Finding]) -> dict[str, str]:
-  """Thumbnails of the decodable files with findings (excluded copies included)."""
-  flagged = {f.path for f in findings}
-  thumbnails = {}
-  for entry in kept:
-    if entry.item.path in flagged:
-      if entry.thumbnail is None:  # a duplicate: flagged after inspection
-        entry.thumbnail = audit.thumbnail_uri(decode_image(entry.png, where=entry.item.path))
-      thumbnails[entry.item.path] = entry.thumbnail
-  return thumbnails
+def _thumbnail_lookup(kept: list[Kept]) -> Callable[[str], str | None]:
+  """Thumbnails made on demand (the report shows a bounded few) from the stored PNGs."""
+  by_path = {entry.item.path: entry for entry in kept}
+
+  def thumbnail(path: str) -> str | None:
+    entry = by_path.get(path)
+    if entry is None:
+      return None
+    return audit.thumbnail_uri(decode_image(entry.png, where=path))
+  return thumbnail

@@ -497,8 +497,7 @@ def open_dataset(source: str, options: SplitOptions = SplitOptions()) -> Dataset
   counts = {name: class_counts(split, len(class_names)) for name, split in splits.items()}
   for warning in check_classes(
       source, class_names, counts, train_split=options.train_split, native_splits=data.splits,
-      discovered=data.discovered_classes,
-      exhaustive_splits=data.discovered_classes and not data.multi_label):
+      discovered=data.discovered_classes):
     log.warning(warning)
   return Dataset({name: split.records for name, split in splits.items()}, class_names,
                  image_size=data.image_size, multi_label=data.multi_label)

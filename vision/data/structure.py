@@ -7,12 +7,12 @@
 number of examples per class in each split. Errors (`SourceError`, exit 2 in
 the entry points) are structures training cannot use: fewer than two classes,
 a class seen in val/test but never in train (also when carving val/test took a
-class's last training examples), a class with no examples at all where the
+class's last training examples), and a class with no examples at all where the
 classes come from the data itself (an empty class folder, a label whose every
-file was unreadable), and, for single-label sources whose splits the user made,
-a class that a split of their own lacks. Where the class list is
-declared instead (IDX/TFDS, `data.class_names`), the last two are warnings,
-returned as one-line strings for the caller to log.
+file was unreadable). Warnings, returned as one-line strings for the caller to
+log, are structures that train soundly but report less: a class the source's
+own val/test split lacks, and a declared class (IDX/TFDS, `data.class_names`)
+without examples.
 """
 
 from __future__ import annotations
@@ -26,14 +26,13 @@ from vision.data.errors import SourceError
 
 def check_classes(source: str, class_names: Sequence[str], counts: Mapping[str, np.ndarray], *,
                   train_split: str = "train", native_splits: Collection[str] = (),
-                  discovered: bool = False, exhaustive_splits: bool = False) -> list[str]:
+                  discovered: bool = False) -> list[str]:
   """Raises SourceError for an unusable class structure; returns warnings.
 
   `counts[split][c]`: examples of class c in `split`. `native_splits`: the
   splits the source itself holds (the others were carved from train).
   `discovered`: the class list comes from the data (folders, labels), so a class
-  without training examples is a mistake, not a choice. `exhaustive_splits`: each
-  native split must hold every class (single-label data whose splits the user made).
+  without training examples is a mistake, not a choice.
   """
   if len(class_names) < 2:
     found = (f"1 class ({class_names[0]!r})" if class_names else "no classes")
@@ -67,14 +66,10 @@ def check_classes(source: str, class_names: Sequence[str], counts: Mapping[str, 
     if split == train_split or split not in counts:
       continue
     missing = [name for c, name in enumerate(class_names) if train[c] and not counts[split][c]]
-    if missing:
-      message = (f"{_names(missing)} {_has(missing)} training examples but none in the "
-                 f"source's own {split} split, whose report would leave {_it(missing)} out")
-      if exhaustive_splits:
-        problems.append(f"{message}: add some, or remove the {split} split to carve it from "
-                        "train")
-      else:
-        warnings.append(f"{source}: {message}")
+    if missing:  # training is sound; that split's report will just lack them
+      warnings.append(f"{source}: {_names(missing)} {_has(missing)} training examples but none "
+                      f"in the source's own {split} split, whose report will leave "
+                      f"{_it(missing)} out")
   if problems:
     more = f" ({len(problems) - 1} more problem(s) after this one)" if len(problems) > 1 else ""
     raise SourceError(f"{source}: {problems[0]}{more}")
