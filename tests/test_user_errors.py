@@ -1,6 +1,6 @@
 """A library's exception on user input reaches the user as one line naming the flag, key or file.
 
-Each case is a place where a dependency (Optuna/SQLAlchemy, scikit-learn, TFDS, torch,
+Each case is a place where a dependency (Optuna/SQLAlchemy, TFDS, torch,
 safetensors, JAX's multi-host set-up, W&B, JSON) used to raise its own multi-line error.
 The entry points print these errors as `error: ...` and exit 2 (experiments/common.py).
 """
@@ -18,7 +18,6 @@ from vision.config import ConfigError
 from vision.data.sources import SourceError, open_dataset
 from vision.models.torch_import import WeightImportError
 from vision.pretrained import read_state_dict
-from vision.train import cross_validate
 
 
 def one_line(error: pytest.ExceptionInfo) -> str:
@@ -41,12 +40,6 @@ def test_sweep_storage_urls(tmp_path, url, expected):
   assert expected in one_line(error)
   assert "postgresql://USER@HOST/DATABASE" in str(error.value)
   assert not (tmp_path / "sweep").exists()  # validated before anything was written
-
-
-def test_cross_validation_folds_larger_than_every_class():
-  with pytest.raises(ConfigError) as error:
-    cross_validate.fold_indices(np.array([0, 0, 1, 1, 2, 2]), folds=3, seed=0)
-  assert one_line(error).startswith("--folds=3: ") and "lower --folds" in str(error.value)
 
 
 def test_unknown_tfds_dataset():
