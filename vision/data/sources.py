@@ -374,7 +374,10 @@ def listed_files_opener(kind: str) -> Callable[[str, SplitOptions], NativeData]:
 def open_tfds(name: str, options: SplitOptions) -> NativeData:
   import tensorflow_datasets as tfds  # heavy; only for TFDS sources
 
-  builder = tfds.builder(name, data_dir=options.tfds_data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=options.tfds_data_dir)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    raise SourceError(f"data source 'tfds:{name}': {str(error).splitlines()[0]}") from None
   builder.download_and_prepare(file_format="array_record")
   label_feature = builder.info.features["label"]
   class_names = tuple(label_feature.names) if hasattr(label_feature, "names") else None
