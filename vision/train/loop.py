@@ -36,7 +36,7 @@ from vision.data.sources import Dataset, RecordSource, record_labels
 from vision.evaluate import evaluate as evaluate_lib
 from vision.evaluate.inference import predict_split
 from vision.models import ModelOptions, create_model
-from vision.train import distill, imbalance, multilabel, optim, transfer
+from vision.train import distill, early_stopping, imbalance, multilabel, optim, resume, transfer
 from vision.train.progress import Progress
 from vision.train.step import Steps, TrainState
 
@@ -90,7 +90,7 @@ def build_model(config: ml_collections.ConfigDict, dataset: Dataset,
       widths=tuple(config.model.widths), hidden=config.model.hidden, stem=config.model.stem,
       conv_impl=config.model.conv_impl)
   model = create_model(config.model.name, options, rngs=nnx.Rngs(config.seed))
-  transfer.maybe_load_pretrained(config, model)
+  transfer.maybe_load_pretrained(config, model, options)
   model_options = {k: v for k, v in dataclasses.asdict(options).items()
                    if k not in ("num_classes", "in_channels", "image_size", "conv_impl")}
   card = checkpoint_lib.ModelCard(
@@ -132,6 +132,7 @@ class Run:
   multi_label: bool = False
   # The teacher of a distillation run (config.distill.teachers), else None.
   distiller: distill.Distiller | None = None
+  dataset: Dataset | None = None  # every split, for the resume's split fingerprints
 
 
 def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
@@ -179,7 +180,7 @@ def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     test_records = pipeline.limit_examples(
         dataset.split(config.data.test_split), config.data.max_eval_examples)
   return Run(config, workdir, schedule, spec, card, val_records, mesh, steps, lr_schedule,
-             train_iter, checkpoints, test_records, dataset.multi_label, distiller)
+             train_iter, checkpoints, test_records, dataset.multi_label, distiller, dataset)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -190,25 +191,23 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   """
   config = config_lib.validate(config)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  if parallel.is_main_process():
-    changed = config_lib.save_resolved(config, workdir)
-    if changed:
-      log.warning("config differs from the earlier run in this workdir: %s", ", ".join(changed))
   if config.transfer.mode == "linear_probe":
     from vision.train import probe  # pylint: disable=import-outside-toplevel  (probe imports loop)
     return probe.train_probe(config, workdir)
 
   run = assemble(config, workdir, dataset)
-  if parallel.is_main_process():
-    run.card.write(workdir)
-  state, start_step = run.steps.state, run.checkpoints.latest_step() or 0
+  # Nothing in the workdir is written before it is known to fit this config.
+  state, start_step = resume.restore_latest(config, workdir, run.checkpoints, run.steps.state,
+                                            run.train_iter, run.dataset)
+  resume.record_run(config, workdir, run.card, run.dataset, start_step)
   if start_step:
-    state = run.checkpoints.restore(start_step, state, run.train_iter)
     log.info("resumed from step %d of %d", start_step, run.schedule.total_steps)
   writer = _create_writer(config, workdir, start_step)
+  stopper = early_stopping.EarlyStopping.resume(config.train, run.checkpoints, workdir, start_step)
   try:
-    _train_steps(run, state, start_step, writer)
+    if not stopper.stopped:
+      _train_steps(run, state, start_step, writer, stopper)
+    stopper.finish(workdir)
     run.checkpoints.close()
     return _final_test(run, writer) if final_test else {}
   finally:
@@ -226,7 +225,8 @@ def _create_writer(config: ml_collections.ConfigDict, workdir: pathlib.Path, sta
       workdir, run=wandb_run, resume_step=start_step, is_main_process=parallel.is_main_process())
 
 
-def _train_steps(run: Run, state: TrainState, start_step: int, writer) -> TrainState:
+def _train_steps(run: Run, state: TrainState, start_step: int, writer,
+                 stopper: early_stopping.EarlyStopping) -> TrainState:
   schedule, config = run.schedule, run.config
   rng = parallel.replicate(jax.random.key(config.seed), run.mesh)
   block_each_step = parallel.must_block_each_step()
@@ -256,6 +256,8 @@ def _train_steps(run: Run, state: TrainState, start_step: int, writer) -> TrainS
       with progress.paused():
         run.checkpoints.save(step, state, run.train_iter, metrics=scalars)
         last_checkpoint = step
+    if stopper.update(step, scalars):
+      break
   return state
 
 

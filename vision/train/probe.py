@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from vision import checkpoint as checkpoint_lib
+from vision import config as config_lib
 from vision import parallel
 from vision.config import ConfigError
 from vision.data import open_from_config, pipeline
@@ -156,24 +157,28 @@ def train_probe(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dic
       config.data.test_split: pipeline.limit_examples(
           dataset.split(config.data.test_split), config.data.max_eval_examples)}
   model, card = loop.build_model(config, dataset, spec)
-  if parallel.is_main_process():
-    card.write(workdir)
-  mesh = parallel.make_mesh()
   backbone = backbone_fingerprint(model)
+  fingerprints = {split: hashlib.sha256(
+      (backbone + data_fingerprint(config.data, split, records)).encode()).hexdigest()
+                  for split, records in splits.items()}
+  checkpoints = checkpoint_lib.Checkpoints(
+      workdir, keep=config.train.keep_checkpoints, best_metric=config.train.best_metric)
+  # Judged before anything is written: a refused workdir stays as it was.
+  _refuse_stale_checkpoints(workdir, checkpoints, fingerprints)
+  if parallel.is_main_process():
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_lib.save_resolved(config, workdir)
+    card.write(workdir)
+    _write_fingerprints(workdir, fingerprints)
+  mesh = parallel.make_mesh()
   features_fn = compiled_features(model, mesh)
-  cache, fingerprints = {}, {}
+  cache = {}
   for split, records in splits.items():
-    fingerprints[split] = hashlib.sha256(
-        (backbone + data_fingerprint(config.data, split, records)).encode()).hexdigest()
     features, labels, _ = cached_features(
         workdir, split, records, spec, features_fn=features_fn,
         fingerprint=fingerprints[split], mesh=mesh, worker_count=config.data.worker_count,
         batch_size=evaluate_lib.eval_batch_size(config.train.eval_batch_size))
     cache[split] = (features, labels)
-
-  checkpoints = checkpoint_lib.Checkpoints(
-      workdir, keep=config.train.keep_checkpoints, best_metric=config.train.best_metric)
-  _refuse_stale_checkpoints(workdir, checkpoints, fingerprints)
   writer = loop._create_writer(config, workdir, 0)
   try:
     head, params, schedule = _train_head(config, model, card, cache, checkpoints, workdir,
@@ -199,9 +204,12 @@ def _refuse_stale_checkpoints(workdir: pathlib.Path, checkpoints: checkpoint_lib
       raise ConfigError(
           f"{workdir} holds a linear probe trained on other features (the data or "
           "model.init_from changed); use a new --workdir")
-  if parallel.is_main_process():
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, json.dumps(fingerprints, indent=2))
+
+
+def _write_fingerprints(workdir: pathlib.Path, fingerprints: dict[str, str]) -> None:
+  path = workdir / FEATURES_DIR / PROBE_FINGERPRINT
+  path.parent.mkdir(parents=True, exist_ok=True)
+  write_text_atomically(path, json.dumps(fingerprints, indent=2))
 
 
 def _train_head(config, model, card, cache, checkpoints, workdir, train_records, spec, writer):
