@@ -17,7 +17,7 @@ classes, one prediction each, `{"model_version", "score", "result": [{"from_name
 priority order (most informative first).
 
 The export (Label Studio's "JSON" export) is read by the project's one Label
-Studio reader, `vision.data.prepare.list_labelstudio`.
+Studio reader, `vision.data.listing.list_labelstudio`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from vision.data.prepare import list_labelstudio
-from vision.data.sources import SourceError
+from vision.data.errors import SourceError
+from vision.data.listing import list_labelstudio
 from vision.files import write_atomically, write_text_atomically
 
 TASKS, QUERIES_CSV, LABEL_CONFIG = "labelstudio_tasks.json", "queries.csv", "label_config.xml"

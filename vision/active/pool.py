@@ -14,7 +14,8 @@ import pathlib
 
 import numpy as np
 
-from vision.data.sources import SourceError, read_image
+from vision.data.decode import DecodeError, decode_image
+from vision.data.errors import SourceError
 
 UNREADABLE = -1
 
@@ -57,18 +58,19 @@ class UnlabelledFolder:
 
   def __getitem__(self, index: int) -> dict:
     try:
-      return {"image": read_image(self._files[index]), "label": 0}
-    except (OSError, ValueError, SyntaxError):  # PIL raises all three for broken files
+      return {"image": decode_image(self._files[index]), "label": 0}
+    except DecodeError:
       return {"image": np.zeros((1, 1, 3), np.uint8), "label": UNREADABLE}
 
   def unreadable(self, indices) -> dict[str, str]:
-    """{relative path: PIL's reason} for the files at `indices` (those that scored -1)."""
+    """{relative path: the decoder's reason} for the files at `indices` (those that scored -1)."""
     reasons = {}
     for index in indices:
       path = self._files[int(index)]
+      relative = path.relative_to(self.root).as_posix()
       try:
-        read_image(path)
-        reasons[path.relative_to(self.root).as_posix()] = "unreadable while scoring"
-      except (OSError, ValueError, SyntaxError) as error:
-        reasons[path.relative_to(self.root).as_posix()] = str(error) or type(error).__name__
+        decode_image(path)
+        reasons[relative] = "unreadable while scoring"
+      except DecodeError as error:
+        reasons[relative] = f"{error.kind}: {error.reason}"
     return reasons

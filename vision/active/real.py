@@ -34,7 +34,8 @@ from vision import config as config_lib
 from vision.checkpoint import ModelCard, load_model
 from vision.config import ConfigError
 from vision.data import open_from_config
-from vision.data.sources import Dataset, ImageFileSource, SourceError
+from vision.data.errors import SourceError
+from vision.data.sources import Dataset, ImageFileSource
 from vision.files import write_atomically, write_text_atomically
 from vision.active import labelstudio, scoring, strategies
 from vision.active.pool import UNREADABLE, UnlabelledFolder
