@@ -114,7 +114,7 @@ def read_export(export: str | pathlib.Path, pool_root: str | pathlib.Path,
       return {}, [str(error)]
     raise
   known = set(class_names)
-  labels, problems = {}, [f"{f.path}: {f.reason}" for f in listing.findings]
+  labels, problems = {}, [f"{s.path}: {s.reason}" for s in listing.skipped]
   for item in listing.items:
     path = pathlib.Path(item.path)
     try:
