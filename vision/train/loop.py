@@ -32,6 +32,7 @@ from vision import logging as logging_lib
 from vision import parallel
 from vision.data import open_from_config
 from vision.data import augment, pipeline
+from vision.compress import prune, quant
 from vision.data.sources import Dataset, RecordSource, record_labels
 from vision.evaluate import evaluate as evaluate_lib
 from vision.evaluate.inference import predict_split
@@ -91,12 +92,14 @@ def build_model(config: ml_collections.ConfigDict, dataset: Dataset,
       conv_impl=config.model.conv_impl)
   model = create_model(config.model.name, options, rngs=nnx.Rngs(config.seed))
   transfer.maybe_load_pretrained(config, model)
+  model = quant.quantize(model, **config.quant, input_shape=(spec.size, spec.size, spec.channels))
   model_options = {k: v for k, v in dataclasses.asdict(options).items()
                    if k not in ("num_classes", "in_channels", "image_size", "conv_impl")}
   card = checkpoint_lib.ModelCard(
       arch=config.model.name, num_classes=num_classes, class_names=class_names,
       image_size=spec.size, channels=spec.channels, mean=spec.mean, std=spec.std,
-      model_options=model_options, best_metric=config.train.best_metric)
+      model_options=model_options, best_metric=config.train.best_metric,
+      quantization=quant.card_entry(config.quant))
   return model, card
 
 
@@ -158,6 +161,8 @@ def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                                     steps_per_epoch=schedule.steps_per_epoch)
   tx = transfer.make_optimizer(config, model, lr_schedule,
                                steps_per_epoch=schedule.steps_per_epoch)
+  tx = prune.wrap_optimizer(config.prune, model, tx, total_steps=schedule.total_steps,
+                            model_name=config.model.name)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   mesh = parallel.make_mesh()
   batch_transform = augment.device_transform(config.data, card.num_classes)

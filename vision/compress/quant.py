@@ -1,0 +1,157 @@
+"""Quantization-aware training with Qwix: int8 simulated in training, ranges learned for export.
+
+    model = quant.quantize(model, mode="qat", weight_bits=8, activation_bits=8,
+                           input_shape=(28, 28, 1))
+    model(images)                   # fake-quantized forward: int8 weights and activations
+    quant.activation_ranges(model)  # [(kernel, (min, max)), ...] of each conv/dense input
+
+Qwix (google/qwix, the JAX team's quantization library; its `OdmlQatProvider`,
+made for LiteRT/TFLite int8) intercepts the ops inside the model's `__call__`:
+the weights of every convolution and dense layer are fake-quantized per output
+channel (symmetric), and the activations an int8 graph holds (the tensor
+entering each conv/dense layer, pooled tensors, the logits) per tensor
+(asymmetric) with a *static* range: the running mean of per-batch min and max,
+kept in `QuantStat` variables, which are part of the model state and so of
+every checkpoint. Gradients pass straight through (STE).
+
+The model keeps its class, parameters and `features`/`head` contract; only its
+`__call__` is intercepted, so `model(x)` is the simulated-int8 forward pass and
+`float_model(model)` the same weights in float. `eval()` freezes the ranges
+(evaluation batches never move them), `train()` lets training update them.
+
+`mode="ptq"` trains in float and marks the model for post-training int8 export
+(ranges calibrated on training images at export time).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import qwix
+from qwix._src.utils import flax_util as _qwix_flax_util
+
+MODES = ("none", "qat", "ptq")
+BITS = (4, 8)
+
+
+def _check_shape_ignoring_sharding(value, init_fn) -> None:
+  """Qwix 0.1.8's QuantStat check compares shardings too, and under an explicit-axes mesh
+  (ours) a scalar's sharding differs between a restored value and a fresh one; shapes and
+  dtypes are what it means to check."""
+  def abstract(tree):
+    return jax.tree.map(lambda x: (x.shape, x.dtype), jax.eval_shape(lambda: tree))
+  expected = _qwix_flax_util.unbox(init_fn())
+  if abstract(dict(value)) != abstract(dict(expected)):
+    raise ValueError(f"QuantStat {abstract(dict(value))} does not match {abstract(dict(expected))}")
+
+
+_qwix_flax_util._check_shape = _check_shape_ignoring_sharding  # pylint: disable=protected-access
+
+
+def _qtype(bits: int) -> str:
+  if bits not in BITS:
+    raise ValueError(f"{bits}-bit quantization is not supported; choose one of {BITS}")
+  return f"int{bits}"
+
+
+def rules(weight_bits: int = 8, activation_bits: int = 8) -> list[qwix.QuantizationRule]:
+  """One rule for every layer: per-channel weights, static-range activations."""
+  return [qwix.QuantizationRule(module_path=".*", weight_qtype=_qtype(weight_bits),
+                                act_qtype=_qtype(activation_bits))]
+
+
+def _with_range_modes(cls: type) -> type:
+  """`cls` whose eval() freezes the activation ranges and train() lets them learn."""
+
+  def eval_(self, **attributes):
+    return super(subclass, self).eval(disable_quant_stats_update=True, **attributes)
+
+  def train(self, **attributes):
+    return super(subclass, self).train(disable_quant_stats_update=False, **attributes)
+
+  subclass = type(cls.__name__, (cls,), {"eval": eval_, "train": train})
+  return subclass
+
+
+def is_quantized(model: nnx.Module) -> bool:
+  return hasattr(type(model), "_unquantized_type")
+
+
+def quantize(model: nnx.Module, *, mode: str, weight_bits: int = 8, activation_bits: int = 8,
+             input_shape: Sequence[int]) -> nnx.Module:
+  """A QAT copy of `model` for mode 'qat' (training mode kept); `model` itself otherwise.
+
+  `input_shape` is one image's (H, W, C): Qwix runs the model once to create its state.
+  """
+  if mode != "qat":
+    return model
+  model.eval()  # the initialising call must not move BatchNorm statistics
+  # ODML's provider (LiteRT's tensor-centric int8: the tensors entering each conv/dense
+  # layer and the logits, as the exported int8 graph holds them) keeps its fake quantization
+  # outside custom VJPs; QtProvider's static ranges update inside conv_general_qt's custom
+  # VJP forward, which flax NNX refuses under nnx.value_and_grad (TraceContextError).
+  provider = qwix.OdmlQatProvider(rules(weight_bits, activation_bits), strict=False)
+  quantized = qwix.quantize_model(model, provider, jnp.zeros((1, *input_shape), jnp.float32))
+  quantized.__class__ = _with_range_modes(type(quantized))
+  model.train()
+  quantized.train()
+  return quantized
+
+
+def from_card(model: nnx.Module, quantization: dict | None,
+              input_shape: Sequence[int]) -> nnx.Module:
+  """Re-applies a model card's `quantization` entry (None or mode 'none'/'ptq': unchanged)."""
+  if not quantization:
+    return model
+  return quantize(model, mode=quantization["mode"], weight_bits=quantization["weight_bits"],
+                  activation_bits=quantization["activation_bits"], input_shape=input_shape)
+
+
+def card_entry(quant_config) -> dict | None:
+  """What a model card records about `config.quant` (None when off)."""
+  if quant_config.mode == "none":
+    return None
+  return {"mode": quant_config.mode, "weight_bits": quant_config.weight_bits,
+          "activation_bits": quant_config.activation_bits}
+
+
+def float_model(model: nnx.Module) -> nnx.Module:
+  """The same weights without fake quantization (a view sharing `model`'s state)."""
+  if not is_quantized(model):
+    return model
+  graphdef, state = nnx.split(model)
+  plain = nnx.merge(graphdef, state)
+  plain.__class__ = type(model)._unquantized_type  # pylint: disable=protected-access
+  return plain
+
+
+def activation_ranges(model: nnx.Module) -> list[tuple[np.ndarray, tuple[float, float]]]:
+  """(kernel, (min, max)) for each quantized conv/dense layer: the range of its input.
+
+  The range is the running mean of per-batch min and max that QAT learned.
+  """
+  ranges = []
+  for _, module in nnx.iter_graph(model):
+    if not isinstance(module, (nnx.Conv, nnx.Linear)):
+      continue
+    stats = [v for name, v in vars(module).items()
+             if isinstance(v, qwix.QuantStat) and name.endswith("_lhs")]
+    if len(stats) != 1:
+      continue
+    value = stats[0].get_value()
+    count = float(value["count"])
+    if count == 0:
+      continue
+    ranges.append((np.asarray(module.kernel[...]),
+                   (float(np.min(value["sum_of_min"])) / count,
+                    float(np.max(value["sum_of_max"])) / count)))
+  return ranges
+
+
+def simulated_logits(model: nnx.Module, images: jax.Array) -> jax.Array:
+  """The forward pass the export's parity check compares with: fake-quantized for QAT."""
+  return model(images)
