@@ -18,7 +18,7 @@ Commands (dense first: the QAT runs fine-tune it; results in the table below):
     python -m experiments.benchmark_export --compare=runs/compress/dense,runs/compress/prune75,...
 
 Arguments: `sparsity=S` (gradual magnitude pruning to S, Zhu & Gupta 2017, between 10% and
-70% of training), `channel` (prune whole conv output channels instead of weights), `qat`
+70% of training), `epochs=E` (shorter runs than the recipe's), `channel` (prune whole conv output channels instead of weights), `qat`
 (int8 quantization-aware training with Qwix, 1.5 epochs at LR 0.01 from `init=DIR`;
 with `sparsity` too, the masks are taken from DIR's zeros and kept fixed), `smoke`.
 
@@ -43,8 +43,11 @@ def _quickstart(arg: str | None):
 
 
 def get_config(arg: str | None = None):
-  arg = config_lib.parse_arg(arg, sparsity=0.0, channel=False, qat=False, init="", smoke=False)
+  arg = config_lib.parse_arg(arg, sparsity=0.0, channel=False, qat=False, init="", epochs=0.0,
+                             smoke=False)
   config = _quickstart("smoke" if arg.smoke else None)
+  if arg.epochs:
+    config.train.epochs = arg.epochs
   if arg.sparsity:
     config.prune.sparsity = arg.sparsity
     config.prune.granularity = "channel" if arg.channel else "unstructured"
@@ -54,7 +57,7 @@ def get_config(arg: str | None = None):
                                    "directory that quantization-aware training fine-tunes)")
     config.model.init_from = arg.init
     config.quant.mode = "qat"
-    config.train.epochs = 1.5 if not arg.smoke else 1.0
+    config.train.epochs = arg.epochs or (1.0 if arg.smoke else 1.5)
     config.optim.learning_rate = 0.01
     config.optim.warmup_epochs = 0.0
     if arg.sparsity:

@@ -155,3 +155,73 @@ def activation_ranges(model: nnx.Module) -> list[tuple[np.ndarray, tuple[float, 
 def simulated_logits(model: nnx.Module, images: jax.Array) -> jax.Array:
   """The forward pass the export's parity check compares with: fake-quantized for QAT."""
   return model(images)
+
+
+def output_range(model: nnx.Module) -> tuple[float, float] | None:
+  """The learned range of the logits (the model's final output), or None."""
+  stat = getattr(model, "final_output0", None)
+  if not isinstance(stat, qwix.QuantStat):
+    return None
+  value = stat.get_value()
+  count = float(value["count"])
+  if count == 0:
+    return None
+  return float(np.min(value["sum_of_min"])) / count, float(np.max(value["sum_of_max"])) / count
+
+
+# ------------------------------------------------------------------ int8 export
+
+_LAYER_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def _as_jax_layout(onnx_weight: np.ndarray, op_type: str, transposed: bool) -> np.ndarray:
+  """An ONNX Conv [O, I, kh, kw] / MatMul [in, out] / Gemm weight in JAX's [..., in, out]."""
+  if op_type == "Conv":
+    return onnx_weight.transpose(2, 3, 1, 0)
+  return onnx_weight.T if transposed else onnx_weight
+
+
+def _channel_profile(kernel: np.ndarray) -> np.ndarray:
+  """|w| per output channel scaled to max 1: unchanged by BatchNorm folding (a per-channel scale)."""
+  flat = np.abs(kernel.reshape(-1, kernel.shape[-1]))
+  return flat / np.maximum(flat.max(axis=0, keepdims=True), 1e-30)
+
+
+def onnx_range_overrides(onnx_model, model: nnx.Module) -> dict[str, list[dict]]:
+  """ONNX Runtime `TensorQuantOverrides` that give each layer input its QAT range.
+
+  Each Conv/MatMul/Gemm node of the float ONNX graph is matched to the JAX
+  layer whose kernel it holds (same shape and, per output channel, the same
+  relative magnitudes: BatchNorm folding scales channels but keeps those);
+  its activation input then takes that layer's learned range, and the
+  `logits` output the learned output range. Raises ValueError when a node
+  matches no layer.
+  """
+  from onnx import numpy_helper  # pylint: disable=import-outside-toplevel  (export only)
+
+  layers = activation_ranges(model)
+  weights = {t.name: numpy_helper.to_array(t) for t in onnx_model.graph.initializer}
+  overrides = {}
+  for node in onnx_model.graph.node:
+    if node.op_type not in _LAYER_OPS or node.input[1] not in weights:
+      continue
+    transposed = any(a.name == "transB" and a.i for a in node.attribute)
+    candidate = _as_jax_layout(weights[node.input[1]], node.op_type, transposed)
+    best = None
+    for kernel, value_range in layers:
+      if kernel.shape != candidate.shape:
+        continue
+      distance = float(np.max(np.abs(_channel_profile(kernel) - _channel_profile(candidate))))
+      if distance < 1e-3 and (best is None or distance < best[0]):
+        best = (distance, value_range)
+    if best is None:
+      raise ValueError(f"ONNX node {node.name!r} ({node.op_type}, weight "
+                       f"{list(weights[node.input[1]].shape)}) matches no quantized layer")
+    low, high = best[1]
+    overrides[node.input[0]] = [{"rmin": np.float32(min(low, 0.0)),
+                                 "rmax": np.float32(max(high, 0.0))}]
+  logits = output_range(model)
+  if logits is not None:
+    overrides["logits"] = [{"rmin": np.float32(min(logits[0], 0.0)),
+                            "rmax": np.float32(max(logits[1], 0.0))}]
+  return overrides

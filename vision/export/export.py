@@ -29,6 +29,7 @@ import numpy as np
 
 from vision import config as config_lib
 from vision.checkpoint import ModelCard, load_model
+from vision.compress import quant
 from vision.models import layers
 from vision.config import ConfigError
 from vision.data import open_from_config, pipeline
@@ -193,8 +194,11 @@ def content_hash(path: pathlib.Path) -> str:
 
 
 def write_model(serving, fmt: str, out: pathlib.Path, *,
-                calibration: np.ndarray | None) -> tuple[pathlib.Path, str]:
+                calibration: np.ndarray | None,
+                range_overrides=None) -> tuple[pathlib.Path, str]:
   """Writes OUT/<model file> for `fmt` (int8 when `calibration` is given).
+
+  `range_overrides` (ONNX int8 only) fixes tensors' ranges: a QAT model's learned ones.
 
   Returns its path and how it was quantized ("none", "full_integer",
   "integer_with_float_fallback" or, for ONNX, "static_qdq").
@@ -220,7 +224,7 @@ def write_model(serving, fmt: str, out: pathlib.Path, *,
       converters.write_onnx(tmp / "model.tflite", target)
     else:
       converters.write_onnx(tmp / "model.tflite", tmp / "fp32.onnx")
-      converters.write_onnx_int8(tmp / "fp32.onnx", target, calibration)
+      converters.write_onnx_int8(tmp / "fp32.onnx", target, calibration, range_overrides)
   return target, "none" if calibration is None else "static_qdq"
 
 
@@ -268,17 +272,22 @@ def export_workdir(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
   _prepare_out(out)
 
   log.info("exporting %s as %s%s to %s", workdir, fmt, " (int8)" if int8 else "", out)
-  model_file, quantization = write_model(serving_function(model, card), fmt, out,
-                                         calibration=calibration)
+  qat = int8 and fmt == "onnx" and quant.is_quantized(model)
+  model_file, quantization = write_model(
+      serving_function(model, card), fmt, out, calibration=calibration,
+      range_overrides=(lambda onnx_model: quant.onnx_range_overrides(onnx_model, model))
+      if qat else None)
   info = export_info(card, fmt, model_file, int8=int8, quantization=quantization,
                      version=version, workdir=workdir)
   write_text_atomically(out / EXPORT_JSON, json.dumps(info, indent=2))
 
   log.info("checking %s against JAX on %d %s images", fmt, len(records), data_config.val_split)
   exported = load_exported(out)
-  jax_logits = jax_logits_function(model, card)
+  # A QAT model's own forward pass simulates int8: the reference of its int8 export.
+  jax_logits = jax_logits_function(model if int8 else quant.float_model(model), card)
   report = {"format": fmt, "int8": int8, "runtime": RUNTIMES[fmt], "version": info["version"],
             "split": data_config.val_split,
+            **({"int8_ranges": "qat" if qat else "calibration"} if int8 else {}),
             **parity_report(jax_logits, exported,
                             _batches(records, spec, np.arange(len(records))))}
   first_image = pipeline.read_batch(records, np.arange(1), spec)[0]
