@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO, child_env, tiny_config, write_idx_dataset
 from test_train import saved_arrays
 from vision import config as config_lib
-from vision.checkpoint import CHECKPOINTS, load_model
+from vision.checkpoint import CHECKPOINTS, ModelCard, load_model
 from vision.compress import channels, prune, quant
 from vision.config import ConfigError
 from vision.export import export_workdir
@@ -136,7 +136,6 @@ def test_channel_pruning_then_surgery_gives_the_same_logits_with_fewer_flops():
 
 
 def _card():
-  from vision.checkpoint import ModelCard  # pylint: disable=import-outside-toplevel
   return ModelCard(arch="small_cnn", num_classes=4, class_names=("a", "b", "c", "d"),
                    image_size=16, channels=1, mean=(0.5,), std=(0.5,),
                    model_options={"widths": (8, 16), "hidden": 32, "dropout": 0.0,

@@ -220,6 +220,9 @@ def onnx_range_overrides(onnx_model, model: nnx.Module) -> dict[str, list[dict]]
     low, high = best[1]
     overrides[node.input[0]] = [{"rmin": np.float32(min(low, 0.0)),
                                  "rmax": np.float32(max(high, 0.0))}]
+  if not overrides:
+    raise ValueError("no Conv/MatMul/Gemm node of the ONNX graph holds a quantized layer's "
+                     "weights as an initializer: the QAT ranges cannot be placed")
   logits = output_range(model)
   if logits is not None:
     overrides["logits"] = [{"rmin": np.float32(min(logits[0], 0.0)),
