@@ -67,6 +67,8 @@ class PruneSpec:
     """Zhu & Gupta's cubic ramp from 0 at `start_step` to `sparsity` at `end_step`."""
     span = max(1, self.end_step - self.start_step)
     progress = jnp.clip((step - self.start_step) / span, 0.0, 1.0)
+    # From `end_step` on the target holds, also when start == end (prune once, then fixed).
+    progress = jnp.where(step >= self.end_step, 1.0, progress)
     return self.sparsity * (1.0 - (1.0 - progress) ** 3)
 
   def is_update_step(self, step: jax.Array) -> jax.Array:
