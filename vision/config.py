@@ -44,8 +44,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  # `idx:PATH`, `folder:PATH`, `tfds:NAME` or `prepared:DIR` (experiments.prepare);
-  # see vision/data/sources.py.
+  # `idx:PATH`, `folder:PATH`, `csv:FILE`, `labelstudio:FILE`, `tfds:NAME` or
+  # `prepared:DIR` (experiments.prepare); see vision/data/sources.py.
   c.data.source = f"idx:{DEBIAN_FASHION_MNIST}"
   c.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)
   c.data.train_split = "train"
@@ -58,7 +58,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.test_fraction = 0.1
   # Seed of the carved splits; fixed apart from `seed` so runs share one split.
   c.data.split_seed = 0
-  # Names for sources that carry none (IDX files); others give their own.
+  # Names for sources that carry none (IDX files). Folder/CSV/Label Studio sources: when set,
+  # the class order, and every label in the data must be one of them; others give their own.
   c.data.class_names = ml_collections.config_dict.placeholder(tuple)
   # Input size the model sees; None keeps the source's size (must be uniform).
   c.data.image_size = ml_collections.config_dict.placeholder(int)
@@ -428,10 +429,12 @@ def _check_environment(c: ml_collections.ConfigDict) -> None:
 
 def _check_source_exists(source: str) -> None:
   kind, sep, location = source.partition(":")
-  if not sep or kind not in ("idx", "folder", "tfds", "prepared"):
+  if not sep or kind not in ("idx", "folder", "csv", "labelstudio", "tfds", "prepared"):
     raise ConfigError(
         f"config key 'data.source' is {source!r}; expected 'idx:PATH', 'folder:PATH', "
-        "'tfds:NAME' or 'prepared:DIR'")
+        "'csv:FILE', 'labelstudio:FILE', 'tfds:NAME' or 'prepared:DIR'")
+  if kind in ("csv", "labelstudio") and not os.path.isfile(location):
+    raise ConfigError(f"config key 'data.source': file {location!r} does not exist")
   if kind in ("idx", "folder", "prepared") and not os.path.isdir(location):
     hint = ""
     if location == DEBIAN_FASHION_MNIST:

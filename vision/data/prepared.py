@@ -15,7 +15,7 @@ import pathlib
 import numpy as np
 
 from vision.data import prepare as prepare_lib
-from vision.data.sources import NativeData, NativeSplit, SourceError, SplitOptions
+from vision.data.sources import NativeData, NativeSplit, SourceError, SplitOptions, multi_hot
 
 
 class PreparedSource:
@@ -73,12 +73,6 @@ class PreparedSource:
   @property
   def label_lists(self) -> list[list[int]]:
     return self._labels
-
-
-def multi_hot(labels, num_classes: int) -> np.ndarray:
-  vector = np.zeros((num_classes,), np.float32)
-  vector[list(labels)] = 1.0
-  return vector
 
 
 def read_metadata(location: str | pathlib.Path) -> dict:

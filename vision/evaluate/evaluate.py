@@ -15,12 +15,12 @@ import pathlib
 from flax import nnx
 import jax
 import numpy as np
-from PIL import Image
 
 from vision import config as config_lib
 from vision import parallel
 from vision.checkpoint import ModelCard, load_model
 from vision.data import open_from_config
+from vision.data.decode import decode_image
 from vision.data.pipeline import ImageSpec, limit_examples
 from vision.evaluate import report as report_lib
 from vision.evaluate.inference import predict_split
@@ -43,8 +43,7 @@ def publish(writer, report: dict, split: str, step: int, workdir: str | os.PathL
   writer.write_summary(split_scalars(report, split))
   image_path = pathlib.Path(workdir) / EVAL_DIR / split / report_lib.CONFUSION_MATRIX_FILENAME
   if image_path.exists():
-    with Image.open(image_path) as image:
-      writer.write_images(step, {f"{split}/confusion_matrix": np.asarray(image.convert("RGB"))})
+    writer.write_images(step, {f"{split}/confusion_matrix": decode_image(image_path)})
 
 
 def write_split_report(labels: np.ndarray, probs: np.ndarray, class_names, workdir: str | os.PathLike,

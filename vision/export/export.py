@@ -238,7 +238,8 @@ def export_info(card: ModelCard, fmt: str, model_file: pathlib.Path, *, int8: bo
       "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC",
                 "height": card.image_size, "width": card.image_size, "channels": card.channels},
       "outputs": list(OUTPUT_NAMES),
-      "preprocessing": {"scale": "1/255", "mean": list(card.mean), "std": list(card.std)},
+      "preprocessing": {"scale": "1/255", "mean": list(card.mean), "std": list(card.std),
+                        "resize_size": card.resize_size, "interpolation": card.interpolation},
       "num_classes": card.num_classes,
       "source_workdir": str(workdir.absolute()),
   }

@@ -39,6 +39,9 @@ class ExportSpec:
   width: int
   channels: int
   int8: bool = False
+  # Evaluation resizing (model card): shorter side to resize_size, then the centre crop.
+  resize_size: int | None = None
+  interpolation: str = "bilinear"
 
 
 def read_spec(directory: str | pathlib.Path) -> ExportSpec:
@@ -55,7 +58,9 @@ def read_spec(directory: str | pathlib.Path) -> ExportSpec:
         directory=directory, format=str(meta["format"]),
         version=str(meta.get("version") or directory.name), arch=str(meta.get("arch", "")),
         class_names=tuple(str(n) for n in meta["class_names"]), height=int(shape["height"]),
-        width=int(shape["width"]), channels=int(shape["channels"]), int8=bool(meta.get("int8")))
+        width=int(shape["width"]), channels=int(shape["channels"]), int8=bool(meta.get("int8")),
+        resize_size=_optional_int(meta.get("preprocessing", {}).get("resize_size")),
+        interpolation=str(meta.get("preprocessing", {}).get("interpolation", "bilinear")))
     model_file = directory / str(meta["model_file"])
   except (ValueError, KeyError, TypeError) as error:
     raise ExportError(f"{path} is not a valid export.json ({type(error).__name__}: {error})")
@@ -65,6 +70,10 @@ def read_spec(directory: str | pathlib.Path) -> ExportSpec:
   if not model_file.exists():
     raise ExportError(f"{model_file} (model_file in {path}) does not exist")
   return spec
+
+
+def _optional_int(value) -> int | None:
+  return None if value is None else int(value)
 
 
 @dataclasses.dataclass
