@@ -191,6 +191,7 @@ def pruned_qat_dir(tmp_path_factory) -> pathlib.Path:
   config.wandb.mode = "disabled"
   config.prune.update(sparsity=0.75, start=0.0, end=0.5, update_every=2)
   config.quant.mode = "qat"
+  config.model.dropout = 0.1  # dropout's rescaling is a training-only quantized op
   loop.train(config, root / "run")
   return root / "run"
 

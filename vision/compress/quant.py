@@ -95,8 +95,17 @@ def quantize(model: nnx.Module, *, mode: str, weight_bits: int = 8, activation_b
   # outside custom VJPs; QtProvider's static ranges update inside conv_general_qt's custom
   # VJP forward, which flax NNX refuses under nnx.value_and_grad (TraceContextError).
   provider = qwix.OdmlQatProvider(rules(weight_bits, activation_bits), strict=False)
-  quantized = qwix.quantize_model(model, provider, jnp.zeros((1, *input_shape), jnp.float32))
+  sample = jnp.zeros((1, *input_shape), jnp.float32)
+  quantized = qwix.quantize_model(model, provider, sample)
   quantized.__class__ = _with_range_modes(type(quantized))
+  # Ops that run in training only (dropout's rescaling) create their QuantStats on the first
+  # training-mode call, which inside the jitted step would change the state's structure: make
+  # them now, with range updates off and every other variable (BatchNorm, RNG) put back.
+  snapshot = nnx.clone(quantized)
+  quantized.train()
+  quantized.set_attributes(disable_quant_stats_update=True)
+  quantized(sample)
+  nnx.update(quantized, nnx.state(snapshot))
   model.train()
   quantized.train()
   return quantized
