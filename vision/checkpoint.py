@@ -129,6 +129,11 @@ class Checkpoints:
   def saved_shapes(self, step: int, item: str) -> dict[str, tuple]:
     """'a.b.c' -> (shape, dtype) of every array of `item` saved at `step`, read from metadata."""
     path = self.manager.directory / str(step) / item
+    if not (path / "_METADATA").is_file():
+      # Without it Orbax may still answer with part of the tree: a damaged save, not a mismatch.
+      raise IncompatibleCheckpoint(f"cannot read the checkpoint {path}: its _METADATA file is "
+                                   "missing (an interrupted copy or save); use another step or "
+                                   "copy the directory again")
     try:
       with ocp.StandardCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(path)
