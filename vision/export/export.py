@@ -42,6 +42,7 @@ from vision.data.sources import RecordSource
 from vision.evaluate.evaluate import card_spec
 from vision.export import converters
 from vision.export.errors import converter_step
+from vision.export.fold import fold_batch_norms
 from vision.export.latency import DEFAULT_REPEATS, median_latency_ms
 from vision.export.runtime import (EXPORT_JSON, FORMATS, MODEL_FILES, load_exported)
 from vision.export.serving import INPUT_NAME, OUTPUT_NAMES, ServingFunction, serving_function
@@ -336,7 +337,11 @@ class ExportSource:
     if not len(records):
       raise ConfigError(
           f"the {data_config.val_split} split is empty: nothing to check the export on")
-    serving = serving_function(model, card)
+    # The exported graph folds BatchNorm into its convolutions (see vision.export.fold); the
+    # parity check compares it with the unfolded model.
+    folded = nnx.clone(model)
+    fold_batch_norms(folded)
+    serving = serving_function(folded, card)
     return cls(workdir, model, card, card_spec(card), records, data_config.val_split,
                dataset.split(data_config.train_split), serving,
                converters.Intermediates(serving, scratch))
