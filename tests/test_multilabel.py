@@ -12,7 +12,8 @@ import pytest
 
 from conftest import tiny_config
 from vision.data import prepare
-from vision.train import loop, multilabel
+from vision.tasks import multi_label as multilabel
+from vision.train import loop
 
 QUADRANTS = ("top_left", "top_right", "bottom_left", "bottom_right")
 

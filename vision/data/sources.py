@@ -1,7 +1,8 @@
 """Data sources: `idx:`, `folder:` and `tfds:` as grain random-access sources.
 
 Every source gives, per split, records `{'image': uint8 HWC, 'label': int}` and
-the dataset's class names. A split the source does not have (a validation split
+the dataset's class names (a prepared CSV with more label columns adds
+`'label/COLUMN': int` per extra column; a multi-label one adds `'labels'`). A split the source does not have (a validation split
 for Fashion-MNIST, every split of a flat folder) is carved from the training
 data by a seeded stratified split, so `train`, `val` and `test` never overlap:
 
@@ -10,7 +11,8 @@ data by a seeded stratified split, so `train`, `val` and `test` never overlap:
     len(val), dataset.class_names, val[0]["image"].shape
 
 The registry `SOURCES` maps a prefix to the function that opens its native
-splits; add a kind of source by adding one entry.
+splits; add a kind of source by adding one entry (`prepared:` adds its own, in
+vision/data/prepared.py).
 """
 
 from __future__ import annotations
@@ -62,9 +64,11 @@ class NativeSplit:
 class NativeData:
   splits: Mapping[str, NativeSplit]
   class_names: tuple[str, ...] | None
-  # Prepared datasets: the default input size and the multi-label flag.
+  # Prepared datasets: the default input size, the multi-label flag, and the class names of
+  # each extra label column of a CSV (records carry `label/COLUMN`).
   image_size: int | None = None
   multi_label: bool = False
+  label_columns: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 class ArraySource:
@@ -125,6 +129,18 @@ def multi_hot_reader(records: RecordSource):
     inner = multi_hot_reader(records.base)
     return inner and (lambda indices: inner(records.indices[np.asarray(indices, np.int64)]))
   return getattr(records, "read_multi_hot", None)
+
+
+# Batches and records carry an extra label column NAME under this prefix: 'label/NAME'.
+COLUMN_PREFIX = "label/"
+
+
+def column_reader(records: RecordSource):
+  """`indices -> {column: int64 [N]}` for sources with extra label columns (-1: no value), else None."""
+  if isinstance(records, SubsetSource):
+    inner = column_reader(records.base)
+    return inner and (lambda indices: inner(records.indices[np.asarray(indices, np.int64)]))
+  return getattr(records, "read_columns", None)
 
 
 def vectorised_reader(records: RecordSource):
@@ -296,16 +312,11 @@ def open_tfds(name: str, options: SplitOptions) -> NativeData:
   return NativeData(splits, class_names)
 
 
-def open_prepared(location: str, options: SplitOptions) -> NativeData:
-  from vision.data import prepared  # pylint: disable=import-outside-toplevel  (imports this module)
-  return prepared.open_prepared(location, options)
-
-
+# `prepared:` is registered by vision/data/prepared.py (imported by the vision.data package).
 SOURCES: dict[str, Callable[[str, SplitOptions], NativeData]] = {
     "idx": open_idx,
     "folder": open_folder,
     "tfds": open_tfds,
-    "prepared": open_prepared,
 }
 
 
@@ -338,7 +349,7 @@ def carve_splits(data: NativeData, options: SplitOptions) -> dict[str, NativeSpl
   remaining = np.arange(len(train.labels))
   for split, fraction in carved.items():
     count = max(1, round(fraction * len(train.labels)))
-    keep, taken = _stratified_split(remaining, train.labels[remaining], count, options.split_seed)
+    keep, taken = stratified_split(remaining, train.labels[remaining], count, options.split_seed)
     splits[split] = NativeSplit(SubsetSource(train.records, taken), train.labels[taken])
     remaining = keep
   splits[options.train_split] = NativeSplit(
@@ -346,8 +357,10 @@ def carve_splits(data: NativeData, options: SplitOptions) -> dict[str, NativeSpl
   return splits
 
 
-def _stratified_split(indices: np.ndarray, labels: np.ndarray, count: int,
-                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(indices: np.ndarray, labels: np.ndarray, count: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(kept, taken) index arrays, sorted: `count` of `indices` taken, stratified by `labels` when
+  every class has two or more members (seeded, sklearn's train_test_split)."""
   if count >= len(indices):
     raise SourceError(
         f"cannot carve {count} examples from a training split of {len(indices)}: "
@@ -366,6 +379,8 @@ class Dataset:
   class_names: tuple[str, ...]
   image_size: int | None = None  # the source's suggested input size, if it has one
   multi_label: bool = False
+  # Extra label columns (a CSV prepared with more than one label column): name → class names.
+  label_columns: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
   def split(self, name: str) -> RecordSource:
     if name not in self.splits:
@@ -385,7 +400,8 @@ def open_dataset(source: str, options: SplitOptions = SplitOptions()) -> Dataset
         f"data source {source!r} has labels up to {num_classes - 1} but "
         f"{len(class_names)} class names (config key 'data.class_names')")
   return Dataset({name: split.records for name, split in splits.items()}, tuple(class_names),
-                 image_size=data.image_size, multi_label=data.multi_label)
+                 image_size=data.image_size, multi_label=data.multi_label,
+                 label_columns=dict(data.label_columns))
 
 
 def split_options(data_config) -> SplitOptions:

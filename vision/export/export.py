@@ -10,6 +10,8 @@ the model was trained on and compares it with the JAX model fed by the training
 pipeline's own preprocessing. It raises `ParityError` (after writing the report)
 when top-1 agreement is below `MIN_AGREEMENT_FP32` (0.999), or for int8 below
 `MIN_AGREEMENT_INT8` (0.97) or with an accuracy drop above `MAX_ACCURACY_DROP_INT8`.
+A multi-task model exports one output per head (`logits_HEAD`); each is checked,
+the report gives each head's figures under `heads` and the worst at the top.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import jax
 import numpy as np
 
 from vision import config as config_lib
+from vision import tasks
 from vision.checkpoint import ModelCard, load_model
 from vision.models import layers
 from vision.config import ConfigError
@@ -37,7 +40,7 @@ from vision.evaluate.evaluate import card_spec
 from vision.export import converters
 from vision.export.latency import DEFAULT_REPEATS, median_latency_ms
 from vision.export.runtime import (EXPORT_JSON, FORMATS, MODEL_FILES, load_exported)
-from vision.export.serving import INPUT_NAME, OUTPUT_NAMES, serving_function
+from vision.export.serving import INPUT_NAME, serving_function
 from vision.files import write_text_atomically
 
 log = logging.getLogger(__name__)
@@ -75,10 +78,10 @@ def _open_splits(workdir: pathlib.Path, data_source: str | None):
 
 
 def _batches(records: RecordSource, spec: pipeline.ImageSpec,
-             indices: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """uint8 images (model size) and labels at `indices`, `_BATCH` at a time."""
+             indices: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+  """Host batches (uint8 images of the model's size, labels) at `indices`, `_BATCH` at a time."""
   for start in range(0, len(indices), _BATCH):
-    yield pipeline.read_batch(records, indices[start:start + _BATCH], spec)
+    yield pipeline.LoadBatch(records, spec).map(indices[start:start + _BATCH])
 
 
 def calibration_images(records: RecordSource, spec: pipeline.ImageSpec,
@@ -86,7 +89,7 @@ def calibration_images(records: RecordSource, spec: pipeline.ImageSpec,
   """`count` training images (uint8, model size) drawn at random: int8's calibration set."""
   chosen = np.random.default_rng(seed).choice(len(records), min(count, len(records)),
                                               replace=False)
-  return np.concatenate([images for images, _ in _batches(records, spec, np.sort(chosen))])
+  return np.concatenate([batch["image"] for batch in _batches(records, spec, np.sort(chosen))])
 
 
 # ---------------------------------------------------------------------- parity
@@ -109,40 +112,57 @@ def jax_logits_function(model: nnx.Module, card: ModelCard):
   return logits
 
 
-def parity_report(jax_logits, exported, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
-  """Agreement, accuracies and logit differences of `exported` vs JAX over `batches`."""
-  reference, logits, labels = [], [], []
+def _output_stats(reference: np.ndarray, exported: np.ndarray) -> dict:
+  return {"top1_agreement": float(np.mean(exported.argmax(-1) == reference.argmax(-1))),
+          "max_abs_logit_diff": float(np.max(np.abs(exported - reference))),
+          "mean_abs_logit_diff": float(np.mean(np.abs(exported - reference)))}
+
+
+def parity_report(jax_logits, exported, batches: Iterable[dict[str, np.ndarray]], task) -> dict:
+  """Agreement, accuracies and logit differences of `exported` vs JAX over `batches`.
+
+  Each of the task's outputs (one per head) is compared on its own; with several,
+  `heads` holds each one's figures and the top level the worst of them. Accuracies
+  are the task's (`report(...)["accuracy"]`, a multi-task model's mean over heads).
+  """
+  reference, outputs, targets = [], [], []
   embedding_dims, finite = set(), True
   # Batches of _BATCH and a smaller last one: the check also exercises the dynamic batch size.
-  for images, batch_labels in batches:
-    outputs = exported.predict(images)
-    if (outputs["logits"].shape[0], outputs["embedding"].shape[0]) != (len(images),) * 2:
-      raise ParityError(f"the exported model returned logits {outputs['logits'].shape} and "
-                        f"embedding {outputs['embedding'].shape} for {len(images)} images")
+  for batch in batches:
+    images = batch["image"]
+    produced = exported.predict(images)
+    shapes = {name: value.shape for name, value in produced.items()}
+    if any(shape[0] != len(images) for shape in shapes.values()):
+      raise ParityError(f"the exported model returned {shapes} for {len(images)} images")
     reference.append(jax_logits(images))
-    logits.append(outputs["logits"])
-    labels.append(batch_labels)
-    embedding_dims.add(outputs["embedding"].shape[1:])
-    finite &= bool(np.isfinite(outputs["logits"]).all() and np.isfinite(outputs["embedding"]).all())
-  labels, reference, logits = map(np.concatenate, (labels, reference, logits))
+    outputs.append(task.join(produced))
+    targets.append(task.targets(batch))
+    embedding_dims.add(produced["embedding"].shape[1:])
+    finite &= bool(all(np.isfinite(value).all() for value in produced.values()))
+  reference, logits = np.concatenate(reference), np.concatenate(outputs)
+  targets = jax.tree.map(lambda *parts: np.concatenate(parts), *targets)
   if logits.shape != reference.shape or len(embedding_dims) != 1:
     raise ParityError(f"the exported model returned logits of shape {logits.shape[1:]} and "
                       f"embeddings of shapes {sorted(embedding_dims)}; the JAX model gives "
                       f"logits {reference.shape[1:]}")
-  exported_top1, jax_top1 = logits.argmax(-1), reference.argmax(-1)
-  accuracy_exported = float(np.mean(exported_top1 == labels))
-  accuracy_jax = float(np.mean(jax_top1 == labels))
-  return {
-      "num_examples": int(len(labels)),
-      "top1_agreement": float(np.mean(exported_top1 == jax_top1)),
+  heads = {name: _output_stats(task.outputs(reference)[name], task.outputs(logits)[name])
+           for name in task.output_names}
+  accuracy_exported = task.report(targets, task.probabilities(logits))["accuracy"]
+  accuracy_jax = task.report(targets, task.probabilities(reference))["accuracy"]
+  report = {
+      "num_examples": int(len(logits)),
+      "top1_agreement": min(h["top1_agreement"] for h in heads.values()),
       "accuracy_exported": accuracy_exported,
       "accuracy_jax": accuracy_jax,
       "accuracy_drop": accuracy_jax - accuracy_exported,
-      "max_abs_logit_diff": float(np.max(np.abs(logits - reference))),
-      "mean_abs_logit_diff": float(np.mean(np.abs(logits - reference))),
+      "max_abs_logit_diff": max(h["max_abs_logit_diff"] for h in heads.values()),
+      "mean_abs_logit_diff": max(h["mean_abs_logit_diff"] for h in heads.values()),
       "embedding_dim": int(embedding_dims.pop()[-1]),
       "finite": finite,
   }
+  if len(heads) > 1:
+    report["heads"] = heads
+  return report
 
 
 def check_thresholds(report: dict) -> str | None:
@@ -217,15 +237,16 @@ def write_model(serving, fmt: str, out: pathlib.Path, *,
       return target, converters.write_tflite(tmp / "saved_model", target, calibration=calibration)
     converters.write_tflite(tmp / "saved_model", tmp / "model.tflite")
     if calibration is None:
-      converters.write_onnx(tmp / "model.tflite", target)
+      converters.write_onnx(tmp / "model.tflite", target, serving.output_names)
     else:
-      converters.write_onnx(tmp / "model.tflite", tmp / "fp32.onnx")
+      converters.write_onnx(tmp / "model.tflite", tmp / "fp32.onnx", serving.output_names)
       converters.write_onnx_int8(tmp / "fp32.onnx", target, calibration)
   return target, "none" if calibration is None else "static_qdq"
 
 
-def export_info(card: ModelCard, fmt: str, model_file: pathlib.Path, *, int8: bool,
-                quantization: str, version: str | None, workdir: pathlib.Path) -> dict:
+def export_info(card: ModelCard, task, fmt: str, model_file: pathlib.Path, *, int8: bool,
+                quantization: str, version: str | None, workdir: pathlib.Path,
+                output_names: tuple[str, ...]) -> dict:
   return {
       "format": fmt, "model_file": model_file.name, "int8": int8, "quantization": quantization,
       "arch": card.arch,
@@ -233,7 +254,8 @@ def export_info(card: ModelCard, fmt: str, model_file: pathlib.Path, *, int8: bo
       "class_names": list(card.class_names),
       "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC",
                 "height": card.image_size, "width": card.image_size, "channels": card.channels},
-      "outputs": list(OUTPUT_NAMES),
+      "outputs": list(output_names),
+      "task": task.to_json(),  # what the outputs mean, thresholds included (vision.tasks)
       "preprocessing": {"scale": "1/255", "mean": list(card.mean), "std": list(card.std)},
       "num_classes": card.num_classes,
       "source_workdir": str(workdir.absolute()),
@@ -255,6 +277,7 @@ def export_workdir(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
   if int8 and fmt not in ("tflite", "onnx"):
     raise ConfigError(f"--int8 is for --format=tflite or --format=onnx, not {fmt}")
   model, card = load_model(workdir)
+  task = tasks.load(workdir)
   # Exported graphs keep XLA's own convolution: TFLite and ONNX have native conv kernels, and
   # the CPU matmul lowering's reshapes do not survive tf2onnx with a free batch dimension.
   layers.set_conv_impl(model, "lax")
@@ -268,10 +291,10 @@ def export_workdir(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
   _prepare_out(out)
 
   log.info("exporting %s as %s%s to %s", workdir, fmt, " (int8)" if int8 else "", out)
-  model_file, quantization = write_model(serving_function(model, card), fmt, out,
-                                         calibration=calibration)
-  info = export_info(card, fmt, model_file, int8=int8, quantization=quantization,
-                     version=version, workdir=workdir)
+  serving = serving_function(model, card, task)
+  model_file, quantization = write_model(serving, fmt, out, calibration=calibration)
+  info = export_info(card, task, fmt, model_file, int8=int8, quantization=quantization,
+                     version=version, workdir=workdir, output_names=serving.output_names)
   write_text_atomically(out / EXPORT_JSON, json.dumps(info, indent=2))
 
   log.info("checking %s against JAX on %d %s images", fmt, len(records), data_config.val_split)
@@ -280,7 +303,7 @@ def export_workdir(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
   report = {"format": fmt, "int8": int8, "runtime": RUNTIMES[fmt], "version": info["version"],
             "split": data_config.val_split,
             **parity_report(jax_logits, exported,
-                            _batches(records, spec, np.arange(len(records))))}
+                            _batches(records, spec, np.arange(len(records))), task)}
   first_image = pipeline.read_batch(records, np.arange(1), spec)[0]
   report["size_bytes"] = converters.tree_size(model_file)
   weights = nnx.state(model, nnx.Not(nnx.RngState))
