@@ -44,7 +44,10 @@ class LabelSource:
       return labels
     if isinstance(labels, np.ndarray):
       return np.asarray(self.table, np.int32)[labels]
-    return jnp.asarray(self.table, jnp.int32)[labels]
+    # A select over the (few) classes, not a gather: batches are sharded over the mesh's
+    # explicit 'data' axis, which a gather from an unsharded table cannot take.
+    table = jnp.asarray(self.table, jnp.int32)
+    return jnp.sum(jnp.where(labels[..., None] == jnp.arange(len(self.table)), table, 0), axis=-1)
 
   def record_labels(self, records: RecordSource) -> np.ndarray:
     """This head's label of every record (int64 [N]), without decoding images."""
