@@ -12,7 +12,7 @@ import torch
 
 from vision import parallel
 from vision.config import ConfigError
-from vision.models import ModelOptions, create_model
+from vision.models import MODELS, ModelOptions, create_model
 from vision.torch_reference import count_parameters, make_torch_model
 from vision.train.step import Steps
 
@@ -73,8 +73,15 @@ def _parameter_paths(model: nnx.Module) -> list[str]:
   return [".".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
 
 
-@pytest.mark.parametrize("name", [
-    "small_cnn", "resnet18", "resnet50", "vit_ti16", "convnext_tiny"])
+def _smallest_of_each_family() -> list[str]:
+  """Every registered family (one builder function), by its first, smallest, variant."""
+  first = {}
+  for name, builder in MODELS.items():
+    first.setdefault((builder.__module__, builder.__qualname__), name)
+  return sorted(first.values())
+
+
+@pytest.mark.parametrize("name", _smallest_of_each_family())
 def test_every_model_has_head_features_and_layer_groups(name):
   # The contract of vision.models that transfer learning relies on.
   model = create_model(name, ModelOptions(num_classes=5, in_channels=3, image_size=32),

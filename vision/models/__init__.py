@@ -4,7 +4,8 @@
                          rngs=nnx.Rngs(0))
     logits = model(images)            # images: float [B, H, W, C]
 
-A model file registers its builders in `MODELS` (a plain dict, name → builder);
+A model file registers its builders in `MODELS` (a plain dict, name → builder),
+the variants of one family (one builder function) smallest first;
 `create_model` is the only way the rest of the framework makes a model.
 
 Every model has the same three entry points, which transfer learning,

@@ -35,7 +35,8 @@ class LabelSource:
   spec: str = "label"                 # as written in the config
   key: str = "label"                  # the batch field read
   table: tuple[int, ...] | None = None  # map: the dataset's class index → the head's class index
-  class_names: tuple[str, ...] = ()
+  # The classes it yields; the head that reads it keeps its own (possibly padded) copy.
+  class_names: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
   def labels(self, batch: dict):
     """int32 [B] labels of this head; numpy in, numpy out (host), jax in, jax out (device)."""
