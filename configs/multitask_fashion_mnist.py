@@ -25,24 +25,28 @@ instead of summing them with weight 1.
 Smoke test: `--config=configs/multitask_fashion_mnist.py:smoke`, end to end in under a minute.
 """
 
-import os
+import importlib.util
+import pathlib
 
 from vision import config as config_lib
 
-GARMENT_GROUPS = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                              "fashion_mnist_garment.json")
+GARMENT_GROUPS = pathlib.Path(__file__).resolve().with_name("fashion_mnist_garment.json")
 HEADS = {"class": {"source": "label"}, "garment": {"source": f"map:{GARMENT_GROUPS}"}}
+
+
+def _quickstart(smoke: bool):
+  """configs/fashion_mnist.py: the recipe every head count here shares."""
+  path = pathlib.Path(__file__).with_name("fashion_mnist.py")
+  spec = importlib.util.spec_from_file_location("fashion_mnist_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("smoke" if smoke else None)
 
 
 def get_config(arg: str | None = None):
   # heads: '+'-separated ('class+garment'); one of them trains that task alone.
   arg = config_lib.parse_arg(arg, smoke=False, heads="class+garment", weighting="fixed")
-  config = config_lib.defaults()
-  config_lib.use_fashion_mnist(config)
-  config.data.mean = (0.286,)
-  config.data.std = (0.353,)
-  config.data.flip = True
-
+  config = _quickstart(arg.smoke)
   config.task.name = "multi_task"
   config.task.weighting = arg.weighting
   for name in filter(None, arg.heads.split("+")):
@@ -50,25 +54,4 @@ def get_config(arg: str | None = None):
       raise config_lib.ConfigError(
           f"config argument 'heads': {name!r} is not one of {', '.join(HEADS)}")
     config_lib.add_head(config, name, **HEADS[name])
-
-  config.model.name = "small_cnn"
-  config.model.widths = (24, 48, 96)
-  config.model.dropout = 0.1
-
-  config.train.batch_size = 128
-  config.train.epochs = 6.5
-  config.train.label_smoothing = 0.1
-  config.train.log_every_steps = 100
-
-  config.optim.name = "sgd"
-  config.optim.learning_rate = 0.1
-  config.optim.weight_decay = 5e-4
-  config.optim.schedule = "cosine"
-  config.optim.warmup_epochs = 0.5
-
-  if arg.smoke:
-    config.data.max_train_examples = 2048
-    config.data.max_eval_examples = 512
-    config.train.epochs = 2
-    config.train.log_every_steps = 8
   return config

@@ -11,7 +11,10 @@ from PIL import Image
 import pytest
 
 from conftest import tiny_config
+from vision import tasks
 from vision.data import prepare
+from vision.evaluate.evaluate import evaluate_workdir
+from vision.evaluate.predict import predict_files
 from vision.tasks import multi_label as multilabel
 from vision.train import loop
 
@@ -78,3 +81,12 @@ def test_multilabel_training_from_csv(tmp_path):
   assert card["best_metric"] == "val/macro_f1"
   metrics = [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
   assert any("val/mAP" in m for m in metrics)
+  # experiments.evaluate's code scores the directory again: the same thresholds and report.
+  (tmp_path / "run/thresholds.json").unlink()
+  again = evaluate_workdir(tmp_path / "run", "test")
+  assert again == result
+  assert json.loads((tmp_path / "run/thresholds.json").read_text()) == thresholds
+  assert "mAP:" in tasks.load(tmp_path / "run").summary(again)
+  # predict names the classes over their thresholds.
+  (line,) = predict_files(tmp_path / "run", [str(csv_file.parent / "img/0.png")])
+  assert set(line) == {"file", "labels", "top"} and set(line["labels"]) <= set(QUADRANTS)

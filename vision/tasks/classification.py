@@ -49,8 +49,30 @@ def softmax(logits):
   return jax.nn.softmax(logits.astype(jnp.float32))
 
 
+class OneOutput:
+  """What a task with one set of classes exports and logs: one `logits` output, all of it."""
+  class_names: tuple[str, ...]
+  uncertainty_weights = 0  # no learned loss weights in the model's head
+  output_names = ("logits",)
+
+  @property
+  def num_outputs(self) -> int:
+    return len(self.class_names)
+
+  def outputs(self, logits) -> dict:
+    return {"logits": logits}
+
+  def join(self, outputs: dict) -> np.ndarray:
+    return outputs["logits"]
+
+  @property
+  def primary(self) -> tuple[slice, tuple[str, ...]]:
+    """The outputs and class names a single answer is about (prediction log, feedback, drift)."""
+    return slice(0, self.num_outputs), self.class_names
+
+
 @dataclasses.dataclass(frozen=True)
-class Classification:
+class Classification(OneOutput):
   """One softmax over `class_names`; labels from `source` (the dataset's label by default)."""
   class_names: tuple[str, ...]
   source: LabelSource = LabelSource()
@@ -76,14 +98,6 @@ class Classification:
   def to_json(self) -> dict:
     return {"name": self.name, "class_names": list(self.class_names),
             "source": self.source.to_json()}
-
-  @property
-  def num_outputs(self) -> int:
-    return len(self.class_names)
-
-  @property
-  def uncertainty_weights(self) -> int:
-    return 0
 
   # ----------------------------------------------------------------- training
   def loss(self, train_config, train_records: RecordSource) -> LossFn:
@@ -152,24 +166,9 @@ class Classification:
   def summary(self, report: dict) -> str:
     return report_lib.format_summary(report)
 
-  # --------------------------------------------------------- prediction, export
+  # ----------------------------------------------------------------- prediction
   def predictions(self, probs: np.ndarray, k: int) -> dict:
     return {"top": top_k(probs, self.class_names, min(k, self.num_outputs))}
-
-  @property
-  def output_names(self) -> tuple[str, ...]:
-    return ("logits",)
-
-  def outputs(self, logits) -> dict:
-    return {"logits": logits}
-
-  def join(self, outputs: dict) -> np.ndarray:
-    return outputs["logits"]
-
-  @property
-  def primary(self) -> tuple[slice, tuple[str, ...]]:
-    """The outputs and class names a single answer is about (prediction log, feedback, drift)."""
-    return slice(0, self.num_outputs), self.class_names
 
 
 def _padded(class_names: tuple[str, ...], num_classes: int | None, key: str) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ from vision.errors import ConfigError
 from vision.evaluate import report as report_lib
 from vision.files import write_text_atomically
 from vision.tasks import TASKS, Targets
-from vision.tasks.classification import top_k
+from vision.tasks.classification import OneOutput, top_k
 from vision.tasks.labels import LabelSource
 from vision.train.losses import LossFn
 
@@ -104,7 +104,7 @@ def sigmoid(logits):
 
 
 @dataclasses.dataclass(frozen=True)
-class MultiLabel:
+class MultiLabel(OneOutput):
   """Independent sigmoids over `class_names`; `thresholds` (tuned on validation) or 0.5 each."""
   class_names: tuple[str, ...]
   thresholds: tuple[float, ...] | None = None
@@ -140,14 +140,6 @@ class MultiLabel:
   def to_json(self) -> dict:
     return {"name": self.name, "class_names": list(self.class_names),
             "thresholds": None if self.thresholds is None else list(self.thresholds)}
-
-  @property
-  def num_outputs(self) -> int:
-    return len(self.class_names)
-
-  @property
-  def uncertainty_weights(self) -> int:
-    return 0
 
   # ----------------------------------------------------------------- training
   def loss(self, train_config, train_records: RecordSource) -> LossFn:
@@ -222,26 +214,12 @@ class MultiLabel:
       extra += f"\nmAP:        {report['mAP']:.4f}"
     return text.replace("\nloss:", f"\n{extra}\nloss:", 1)
 
-  # --------------------------------------------------------- prediction, export
+  # ----------------------------------------------------------------- prediction
   def predictions(self, probs: np.ndarray, k: int) -> dict:
     """{"labels": the classes at or above their threshold, "top": the k most probable}."""
     chosen = np.nonzero(probs >= self._thresholds())[0]
     return {"labels": [self.class_names[i] for i in chosen],
             "top": top_k(probs, self.class_names, min(k, self.num_outputs))}
-
-  @property
-  def output_names(self) -> tuple[str, ...]:
-    return ("logits",)
-
-  def outputs(self, logits) -> dict:
-    return {"logits": logits}
-
-  def join(self, outputs: dict) -> np.ndarray:
-    return outputs["logits"]
-
-  @property
-  def primary(self) -> tuple[slice, tuple[str, ...]]:
-    return slice(0, self.num_outputs), self.class_names
 
 
 def _check_multi_label(dataset: Dataset, key: str) -> None:

@@ -77,6 +77,10 @@ def distillation_loss(temperature: float, hard_label_weight: float = 0.0,
 
 
 def _check_teacher(card: ModelCard, student: ModelCard, workdir: str) -> None:
+  for who, task in ((workdir, card.task), ("the student", student.task)):
+    if (task or {}).get("name", "classification") != "classification":
+      raise ConfigError(f"config key 'distill.teachers': distillation matches softmax outputs, "
+                        f"but {who} is a {task['name']} model (task.name='classification' only)")
   if card.class_names != student.class_names:
     raise ConfigError(
         f"config key 'distill.teachers': {workdir} predicts {list(card.class_names)}, "
