@@ -83,9 +83,11 @@ def _smallest_of_each_family() -> list[str]:
 
 @pytest.mark.parametrize("name", _smallest_of_each_family())
 def test_every_model_has_head_features_and_layer_groups(name):
-  # The contract of vision.models that transfer learning relies on.
-  model = create_model(name, ModelOptions(num_classes=5, in_channels=3, image_size=32),
-                       rngs=nnx.Rngs(0))
+  # The contract of vision.models that transfer learning relies on; with a multi-task
+  # objective's learned weights, which must sit in the head's layer group.
+  model = create_model(name, ModelOptions(num_classes=5, in_channels=3, image_size=32,
+                                          uncertainty_weights=2), rngs=nnx.Rngs(0))
+  assert model.head.log_variance[...].shape == (2,)
   model.eval()
   images = jnp.ones((2, 32, 32, 3))
   features = model.features(images)

@@ -13,7 +13,9 @@ Each head is a single-label `Classification` (or a `MultiLabel`) task over its
 own slice of the logits: the model's `head` is one linear layer with every
 head's outputs side by side, which is exactly a separate linear head per task
 on the shared features, so every model family (and transfer learning, weight
-import, export) works unchanged.
+import, export) works unchanged. Heads sit in the order of their names (a
+config's keys are sorted); the first is the one the server's prediction log,
+feedback and drift monitor follow.
 
 The objective is `sum_h w_h · L_h` with `w_h = loss_weight` (`fixed`), or, with
 `uncertainty`, Kendall, Gal & Cipolla 2018 ("Multi-task learning using
@@ -247,7 +249,12 @@ class MultiTask:
     return tuple(f"logits_{h.name}" for h in self.heads)
 
   def outputs(self, logits) -> dict:
-    return {f"logits_{h.name}": logits[..., h.outputs] for h in self.heads}
+    """{'logits_HEAD': that head's logits}; a static slice in traced code (export converters
+    reject the gather that indexing becomes under a symbolic batch dimension)."""
+    if isinstance(logits, np.ndarray):
+      return {f"logits_{h.name}": logits[..., h.outputs] for h in self.heads}
+    return {f"logits_{h.name}": jax.lax.slice_in_dim(logits, h.start, h.outputs.stop, axis=-1)
+            for h in self.heads}
 
   def join(self, outputs: dict) -> np.ndarray:
     return np.concatenate([np.asarray(outputs[f"logits_{h.name}"]) for h in self.heads], axis=-1)
