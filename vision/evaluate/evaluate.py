@@ -20,12 +20,12 @@ from typing import Any, Callable
 from flax import nnx
 import jax
 import numpy as np
-from PIL import Image
 
 from vision import config as config_lib
 from vision import parallel, tasks
 from vision.checkpoint import ModelCard, load_model
 from vision.data import open_from_config
+from vision.data.decode import decode_image
 from vision.data.pipeline import ImageSpec, limit_examples
 from vision.evaluate.inference import predict_split
 
@@ -40,8 +40,7 @@ def publish(writer, task, report: dict, split: str, step: int,
   writer.write_summary(scalars)
   for key, path in task.plots(pathlib.Path(workdir) / EVAL_DIR / split).items():
     if path.exists():
-      with Image.open(path) as image:
-        writer.write_images(step, {f"{split}/{key}": np.asarray(image.convert("RGB"))})
+      writer.write_images(step, {f"{split}/{key}": decode_image(path)})
   return scalars
 
 
