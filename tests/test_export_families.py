@@ -1,6 +1,6 @@
 """Every model family, and every shipped config's network, exports to TFLite and ONNX matching JAX.
 
-The networks are built as training builds them (`loop.build_model` from a
+The networks are built as training builds them (`build_model` from a
 config) but not trained: conversion and parity do not depend on the weights,
 and fp32 parity is exact to ~1e-6 either way. The parity check runs on 16
 real Fashion-MNIST validation images. The other formats (SavedModel,
@@ -18,12 +18,13 @@ import pytest
 
 from conftest import REPO
 from vision import config as config_lib
+from vision import tasks
 from vision.checkpoint import write_model_dir
 from vision.data import open_from_config
 from vision.export import export as export_lib
 from vision.export.matrix import SMALLEST_VARIANTS, family, family_config
 from vision.models import MODELS
-from vision.train import loop
+from vision.train.build import build_model
 
 pytestmark = pytest.mark.slow
 PARITY_IMAGES = 16
@@ -71,7 +72,7 @@ def source(request, tmp_path_factory) -> export_lib.ExportSource:
   config = config_lib.validate(CASES[request.param].copy_and_resolve_references())
   workdir = tmp_path_factory.mktemp("model")
   dataset, spec = open_from_config(config.data)
-  model, card = loop.build_model(config, dataset, spec)
+  model, card = build_model(config, tasks.from_config(config, dataset), spec)
   write_model_dir(workdir, model, card)
   config_lib.save_resolved(config, workdir)
   return export_lib.ExportSource.open(workdir, tmp_path_factory.mktemp("intermediates"),

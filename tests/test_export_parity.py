@@ -11,6 +11,7 @@ import pytest
 
 from conftest import write_idx_dataset
 from vision import config as config_lib
+from vision import tasks
 from vision.checkpoint import ModelCard, write_model_dir
 from vision.config import ConfigError
 from vision.export import DEFAULT_MAX_EXAMPLES
@@ -18,6 +19,7 @@ from vision.export import export as export_lib
 from vision.models import ModelOptions, create_model
 
 CLASSES = 10
+TASK = tasks.plain_classification(CLASSES)
 
 
 class _Exported:
@@ -39,16 +41,17 @@ def _batches(count: int, size: int, seed: int = 0):
   rng = np.random.default_rng(seed)
   for start in range(0, count, size):
     rows = min(size, count - start)
-    yield (rng.integers(0, 256, (rows, 16, 16, 3), dtype=np.uint8),
-           rng.integers(0, CLASSES, rows).astype(np.int32))
+    yield {"image": rng.integers(0, 256, (rows, 16, 16, 3), dtype=np.uint8),
+           "label": rng.integers(0, CLASSES, rows).astype(np.int32)}
 
 
 def test_the_report_equals_the_direct_computation():
   weights = np.random.default_rng(1).normal(size=(16 * 16 * 3, CLASSES)).astype(np.float32)
   exact = _Exported(weights, perturb=False)
   report = export_lib.parity_report(lambda images: exact.predict(images)["logits"],
-                                    _Exported(weights, perturb=True), _batches(150, 64))
-  images, labels = map(np.concatenate, zip(*_batches(150, 64)))
+                                    _Exported(weights, perturb=True), _batches(150, 64), TASK)
+  batches = list(_batches(150, 64))
+  images, labels = (np.concatenate([b[key] for b in batches]) for key in ("image", "label"))
   reference = exact.predict(images)["logits"]
   exported = _Exported(weights, perturb=True).predict(images)["logits"]
   assert report["num_examples"] == 150 and report["embedding_dim"] == CLASSES
@@ -67,7 +70,7 @@ def test_the_check_streams_its_batches_instead_of_keeping_them():
   tracemalloc.start()
   try:
     report = export_lib.parity_report(lambda images: model.predict(images)["logits"], model,
-                                      _batches(64 * 100, 64))
+                                      _batches(64 * 100, 64), TASK)
     _, peak = tracemalloc.get_traced_memory()
   finally:
     tracemalloc.stop()
@@ -81,7 +84,7 @@ def test_progress_is_shown(caplog, monkeypatch):
   model = _Exported(np.ones((16 * 16 * 3, CLASSES), np.float32), perturb=False)
   with caplog.at_level(logging.INFO, logger="vision.export.export"):
     export_lib.parity_report(lambda images: model.predict(images)["logits"], model,
-                             _batches(130, 64), total=130)
+                             _batches(130, 64), TASK, total=130)
   lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("parity check")]
   assert [line.split(",")[0] for line in lines] == [
       "parity check: 64/130 images", "parity check: 128/130 images",

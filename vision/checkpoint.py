@@ -21,24 +21,32 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 from flax import nnx
 import grain
 import jax
 import orbax.checkpoint as ocp
 
-from vision.config import ConfigError
+from vision.errors import ConfigError
 from vision.files import write_text_atomically
 from vision.models import ModelOptions, create_model
-from vision.train.step import TrainState
 
 MODEL_CARD = "model_card.json"
 CHECKPOINTS = "checkpoints"
 
 
-def _without_rng(state: nnx.State) -> dict:
-  # RNG keys are re-derived from (seed, step) each step, so they are not saved.
+class TrainState(NamedTuple):
+  """What a training checkpoint holds besides the data position: model and optimizer states."""
+  model: nnx.State
+  optimizer: nnx.State
+
+
+def without_rng(state: nnx.State) -> dict:
+  """A model state as a pure dict of arrays, RNG streams left out (they are not saved).
+
+  RNG keys are re-derived from (seed, step) each step, so resuming needs none.
+  """
   return nnx.to_pure_dict(nnx.filter_state(state, nnx.Not(nnx.RngState)))
 
 
@@ -117,14 +125,14 @@ class Checkpoints:
     kept_metrics = {self.best_metric: metrics[self.best_metric]} if (
         metrics and self.best_metric in metrics) else None
     self.manager.save(step, metrics=kept_metrics, args=ocp.args.Composite(
-        model=ocp.args.StandardSave(_without_rng(state.model)),
+        model=ocp.args.StandardSave(without_rng(state.model)),
         optimizer=ocp.args.StandardSave(nnx.to_pure_dict(state.optimizer)),
         data=grain.checkpoint.CheckpointSave(data_iterator)))
 
   def save_model(self, step: int, model: nnx.Module) -> None:
     """Saves the model's parameters alone (an imported model has no optimizer or data state)."""
     self.manager.save(step, args=ocp.args.Composite(
-        model=ocp.args.StandardSave(_without_rng(nnx.state(model)))))
+        model=ocp.args.StandardSave(without_rng(nnx.state(model)))))
 
   def saved_shapes(self, step: int, item: str) -> dict[str, tuple]:
     """'a.b.c' -> (shape, dtype) of every array of `item` saved at `step`, read from metadata."""
@@ -150,7 +158,7 @@ class Checkpoints:
     Reads metadata only, so a workdir is judged before anything in it is written.
     """
     for item, wanted, what in (
-        ("model", _without_rng(like.model), "model"),
+        ("model", without_rng(like.model), "model"),
         ("optimizer", nnx.to_pure_dict(like.optimizer), "optimizer state")):
       difference = _first_difference(self.saved_shapes(step, item), _flat_shapes(wanted))
       if difference is not None:
@@ -163,7 +171,7 @@ class Checkpoints:
   def restore(self, step: int, like: TrainState,
               data_iterator: grain.DatasetIterator) -> TrainState:
     """`like` with the values saved at `step`; also moves `data_iterator` there."""
-    model_target = _abstract(_without_rng(like.model))
+    model_target = _abstract(without_rng(like.model))
     optimizer_target = _abstract(nnx.to_pure_dict(like.optimizer))
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -183,7 +191,7 @@ class Checkpoints:
 
   def restore_model(self, step: int, model: nnx.Module) -> None:
     """Loads the parameters saved at `step` into `model` (in place)."""
-    target = _abstract(_without_rng(nnx.state(model)))
+    target = _abstract(without_rng(nnx.state(model)))
     directory = self.manager.directory / str(step)
     difference = _first_difference(self.saved_shapes(step, "model"), _flat_shapes(target))
     if difference is not None:
@@ -227,6 +235,8 @@ class ModelCard:
   # the shorter side goes to `resize_size` (None: straight to `image_size`).
   resize_size: int | None = None
   interpolation: str = "bilinear"
+  # What the outputs mean (vision.tasks: to_json of the task); None: single-label classification.
+  task: dict | None = None
 
   def options(self) -> ModelOptions:
     return ModelOptions(**{**self.model_options, "num_classes": self.num_classes,

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from vision.export import tf2onnx_fixes
-from vision.export.serving import INPUT_NAME, OUTPUT_NAMES, ServingFunction
+from vision.export.serving import INPUT_NAME, ServingFunction
 
 ONNX_OPSET = 17
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def write_saved_model(serving: ServingFunction, path: pathlib.Path) -> None:
       tf.TensorSpec([None, height, width, channels], tf.uint8, name=INPUT_NAME)])
   def serve(images):
     outputs = converted(module.weights, images)
-    return {name: tf.identity(outputs[name], name=name) for name in OUTPUT_NAMES}
+    return {name: tf.identity(outputs[name], name=name) for name in serving.output_names}
 
   module.serve = serve
   tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
@@ -130,23 +130,24 @@ def write_tflite(saved_model: pathlib.Path, path: pathlib.Path, *,
   return "integer_with_float_fallback"
 
 
-def _name_tensors(model, renames: dict[str, str]) -> None:
-  """Our tensor names, outputs in OUTPUT_NAMES order, and the batch dimension called `batch`."""
+def _name_tensors(model, renames: dict[str, str], output_names: tuple[str, ...]) -> None:
+  """Our tensor names, outputs in `output_names` order, and the batch dimension called `batch`."""
   graph = model.graph
   for value in list(graph.input) + list(graph.output) + list(graph.value_info):
     value.name = renames.get(value.name, value.name)
   for node in graph.node:
     node.input[:] = [renames.get(name, name) for name in node.input]
     node.output[:] = [renames.get(name, name) for name in node.output]
-  outputs = sorted(graph.output, key=lambda value: OUTPUT_NAMES.index(value.name))
+  outputs = sorted(graph.output, key=lambda value: output_names.index(value.name))
   del graph.output[:]
   graph.output.extend(outputs)
   for value in list(graph.input) + list(graph.output):
     value.type.tensor_type.shape.dim[0].dim_param = "batch"
 
 
-def write_onnx(tflite: pathlib.Path, path: pathlib.Path) -> None:
-  """tf2onnx from the TFLite file; input `images`, outputs `logits` and `embedding`."""
+def write_onnx(tflite: pathlib.Path, path: pathlib.Path,
+               output_names: tuple[str, ...] = ("logits", "embedding")) -> None:
+  """tf2onnx from the TFLite file; input `images`, outputs `output_names` in that order."""
   import onnx  # pylint: disable=import-outside-toplevel
   from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
 
@@ -155,7 +156,7 @@ def write_onnx(tflite: pathlib.Path, path: pathlib.Path) -> None:
   renames = {details["name"]: name for name, details in
              {**runner.get_input_details(), **runner.get_output_details()}.items()}
   model = tf2onnx_fixes.tflite_to_onnx(tflite, opset=ONNX_OPSET)
-  _name_tensors(model, renames)
+  _name_tensors(model, renames, output_names)
   onnx.checker.check_model(model)
   onnx.save(model, str(path))
 

@@ -14,6 +14,8 @@ agreement is below `MIN_AGREEMENT_FP32` (0.999), or for int8 below
 `MIN_AGREEMENT_INT8` (0.97) or with an accuracy drop above
 `MAX_ACCURACY_DROP_INT8`, and `ExportError` (one line: format, op or reason,
 what to do) when a converter fails or the exported model does not run.
+A multi-task model exports one output per head (`logits_HEAD`); each is checked,
+the report gives each head's figures under `heads` and the worst at the top.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import jax
 import numpy as np
 
 from vision import config as config_lib
+from vision import tasks
 from vision.checkpoint import ModelCard, load_model
 from vision.models import layers
 from vision.config import ConfigError
@@ -45,7 +48,7 @@ from vision.export.errors import converter_step
 from vision.export.fold import fold_batch_norms
 from vision.export.latency import DEFAULT_REPEATS, median_latency_ms
 from vision.export.runtime import (EXPORT_JSON, FORMATS, MODEL_FILES, load_exported)
-from vision.export.serving import INPUT_NAME, OUTPUT_NAMES, ServingFunction, serving_function
+from vision.export.serving import INPUT_NAME, ServingFunction, serving_function
 from vision.files import write_text_atomically
 
 log = logging.getLogger(__name__)
@@ -86,10 +89,10 @@ def _open_splits(workdir: pathlib.Path, data_source: str | None):
 
 
 def _batches(records: RecordSource, spec: pipeline.ImageSpec,
-             indices: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """uint8 images (model size) and labels at `indices`, `_BATCH` at a time."""
+             indices: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+  """Host batches (uint8 images of the model's size, labels) at `indices`, `_BATCH` at a time."""
   for start in range(0, len(indices), _BATCH):
-    yield pipeline.read_batch(records, indices[start:start + _BATCH], spec)
+    yield pipeline.LoadBatch(records, spec).map(indices[start:start + _BATCH])
 
 
 def calibration_images(records: RecordSource, spec: pipeline.ImageSpec,
@@ -97,7 +100,7 @@ def calibration_images(records: RecordSource, spec: pipeline.ImageSpec,
   """`count` training images (uint8, model size) drawn at random: int8's calibration set."""
   chosen = np.random.default_rng(seed).choice(len(records), min(count, len(records)),
                                               replace=False)
-  return np.concatenate([images for images, _ in _batches(records, spec, np.sort(chosen))])
+  return np.concatenate([batch["image"] for batch in _batches(records, spec, np.sort(chosen))])
 
 
 # ---------------------------------------------------------------------- parity
@@ -120,52 +123,86 @@ def jax_logits_function(model: nnx.Module, card: ModelCard):
   return logits
 
 
-class _ParityTotals:
-  """Running sums over the checked batches: nothing per image is kept."""
+class _OutputTotals:
+  """Running sums of one output's agreement and logit differences (nothing per image kept)."""
 
   def __init__(self):
-    self.count = self.agree = self.correct_exported = self.correct_jax = 0
+    self.count = self.agree = 0
     self.max_abs = self.sum_abs = 0.0
-    self.logit_shapes, self.embedding_dims, self.finite = set(), set(), True
+    self.classes = 0
 
-  def add(self, reference: np.ndarray, outputs: dict, labels: np.ndarray) -> None:
-    logits, embedding = outputs["logits"], outputs["embedding"]
-    self.logit_shapes.add((logits.shape[1:], reference.shape[1:]))
-    self.embedding_dims.add(embedding.shape[1:])
-    self.finite &= bool(np.isfinite(logits).all() and np.isfinite(embedding).all())
-    if logits.shape != reference.shape:
-      return
-    exported_top1, jax_top1 = logits.argmax(-1), reference.argmax(-1)
-    difference = np.abs(logits - reference)
-    self.count += len(labels)
-    self.agree += int(np.sum(exported_top1 == jax_top1))
-    self.correct_exported += int(np.sum(exported_top1 == labels))
-    self.correct_jax += int(np.sum(jax_top1 == labels))
+  def add(self, reference: np.ndarray, exported: np.ndarray) -> None:
+    difference = np.abs(exported - reference)
+    self.count += len(reference)
+    self.classes = reference.shape[-1]
+    self.agree += int(np.sum(exported.argmax(-1) == reference.argmax(-1)))
     self.max_abs = max(self.max_abs, float(difference.max(initial=0.0)))
     self.sum_abs += float(difference.sum())
 
+  def stats(self) -> dict:
+    return {"top1_agreement": self.agree / self.count, "max_abs_logit_diff": self.max_abs,
+            "mean_abs_logit_diff": self.sum_abs / (self.count * max(self.classes, 1))}
 
-def parity_report(jax_logits, exported, batches: Iterable[tuple[np.ndarray, np.ndarray]], *,
+
+class _ParityTotals:
+  """Running sums over the checked batches, per output of the task: nothing per image is kept.
+
+  The task's accuracy (`report(...)["accuracy"]`) is a mean over examples for
+  every task (a multi-task model's: over heads and examples alike), so the
+  batch-weighted sum of each batch's accuracy is the accuracy of the whole sample.
+  """
+
+  def __init__(self, task):
+    self.task = task
+    self.count = 0
+    self.correct_exported = self.correct_jax = 0.0
+    self.outputs = {name: _OutputTotals() for name in task.output_names}
+    self.logit_shapes, self.embedding_dims, self.finite = set(), set(), True
+
+  def add(self, reference: np.ndarray, produced: dict, batch: dict) -> None:
+    logits = self.task.join(produced)
+    self.logit_shapes.add((logits.shape[1:], reference.shape[1:]))
+    self.embedding_dims.add(produced["embedding"].shape[1:])
+    self.finite &= bool(all(np.isfinite(value).all() for value in produced.values()))
+    if logits.shape != reference.shape:
+      return
+    for name, exported in self.task.outputs(logits).items():
+      self.outputs[name].add(self.task.outputs(reference)[name], exported)
+    targets = self.task.targets(batch)
+    count = len(reference)
+    self.count += count
+    self.correct_exported += count * self.task.report(
+        targets, self.task.probabilities(logits))["accuracy"]
+    self.correct_jax += count * self.task.report(
+        targets, self.task.probabilities(reference))["accuracy"]
+
+
+def parity_report(jax_logits, exported, batches: Iterable[dict[str, np.ndarray]], task, *,
                   total: int | None = None) -> dict:
   """Agreement, accuracies and logit differences of `exported` vs JAX over `batches`.
 
-  Streams: each batch is compared and dropped. With `total` (the number of
-  images), logs progress every few seconds.
+  Streams: each batch is compared and dropped. Each of the task's outputs (one
+  per head) is compared on its own; with several, `heads` holds each one's
+  figures and the top level the worst of them. Accuracies are the task's (a
+  multi-task model's: the mean over heads). With `total` (the number of images),
+  logs progress every few seconds.
   """
-  totals, seen = _ParityTotals(), 0
+  totals, seen = _ParityTotals(task), 0
   started = last_shown = time.monotonic()
   # Batches of _BATCH and a smaller last one: the check also exercises the dynamic batch size.
-  for images, batch_labels in batches:
-    outputs = exported.predict(images)
-    if (outputs["logits"].shape[0], outputs["embedding"].shape[0]) != (len(images),) * 2:
-      raise ParityError(f"the exported model returned logits {outputs['logits'].shape} and "
-                        f"embedding {outputs['embedding'].shape} for {len(images)} images")
-    totals.add(jax_logits(images), outputs, batch_labels)
+  for batch in batches:
+    images = batch["image"]
+    produced = exported.predict(images)
+    shapes = {name: value.shape for name, value in produced.items()}
+    if any(shape[0] != len(images) for shape in shapes.values()):
+      raise ParityError(f"the exported model returned {shapes} for {len(images)} images")
+    totals.add(jax_logits(images), produced, batch)
     seen += len(images)
     now = time.monotonic()
     if total and (now - last_shown >= _PROGRESS_SECONDS or seen == total):
+      agree = min(o.agree for o in totals.outputs.values())
       log.info("parity check: %d/%d images, top-1 agreement %.2f%% (%.0f s)", seen, total,
-               100 * totals.agree / max(totals.count, 1), now - started)
+               100 * agree / max(totals.count, 1), now - started)
       last_shown = now
   if (len(totals.logit_shapes) != 1 or len(totals.embedding_dims) != 1
       or any(got != want for got, want in totals.logit_shapes)):
@@ -173,20 +210,23 @@ def parity_report(jax_logits, exported, batches: Iterable[tuple[np.ndarray, np.n
                       f"{sorted(s for s, _ in totals.logit_shapes)} and embeddings of shapes "
                       f"{sorted(totals.embedding_dims)}; the JAX model gives logits "
                       f"{sorted(r for _, r in totals.logit_shapes)}")
+  heads = {name: output.stats() for name, output in totals.outputs.items()}
   accuracy_exported = totals.correct_exported / totals.count
   accuracy_jax = totals.correct_jax / totals.count
-  (classes,), _ = next(iter(totals.logit_shapes))
-  return {
+  report = {
       "num_examples": totals.count,
-      "top1_agreement": totals.agree / totals.count,
+      "top1_agreement": min(h["top1_agreement"] for h in heads.values()),
       "accuracy_exported": accuracy_exported,
       "accuracy_jax": accuracy_jax,
       "accuracy_drop": accuracy_jax - accuracy_exported,
-      "max_abs_logit_diff": totals.max_abs,
-      "mean_abs_logit_diff": totals.sum_abs / (totals.count * classes),
+      "max_abs_logit_diff": max(h["max_abs_logit_diff"] for h in heads.values()),
+      "mean_abs_logit_diff": max(h["mean_abs_logit_diff"] for h in heads.values()),
       "embedding_dim": int(totals.embedding_dims.pop()[-1]),
       "finite": totals.finite,
   }
+  if len(heads) > 1:
+    report["heads"] = heads
+  return report
 
 
 def check_thresholds(report: dict) -> str | None:
@@ -278,15 +318,16 @@ def write_model(serving, fmt: str, out: pathlib.Path, *, calibration: np.ndarray
         return target, "none"
       return target, converters.write_tflite(made.saved_model(), target, calibration=calibration)
     if calibration is None:
-      converters.write_onnx(made.tflite(), target)
+      converters.write_onnx(made.tflite(), target, serving.output_names)
       return target, "none"
-    converters.write_onnx(made.tflite(), pathlib.Path(tmp) / "fp32.onnx")
+    converters.write_onnx(made.tflite(), pathlib.Path(tmp) / "fp32.onnx", serving.output_names)
     converters.write_onnx_int8(pathlib.Path(tmp) / "fp32.onnx", target, calibration)
   return target, "static_qdq"
 
 
-def export_info(card: ModelCard, fmt: str, model_file: pathlib.Path, *, int8: bool,
-                quantization: str, version: str | None, workdir: pathlib.Path) -> dict:
+def export_info(card: ModelCard, task, fmt: str, model_file: pathlib.Path, *, int8: bool,
+                quantization: str, version: str | None, workdir: pathlib.Path,
+                output_names: tuple[str, ...]) -> dict:
   return {
       "format": fmt, "model_file": model_file.name, "int8": int8, "quantization": quantization,
       "arch": card.arch,
@@ -294,7 +335,8 @@ def export_info(card: ModelCard, fmt: str, model_file: pathlib.Path, *, int8: bo
       "class_names": list(card.class_names),
       "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC",
                 "height": card.image_size, "width": card.image_size, "channels": card.channels},
-      "outputs": list(OUTPUT_NAMES),
+      "outputs": list(output_names),
+      "task": task.to_json(),  # what the outputs mean, thresholds included (vision.tasks)
       "preprocessing": {"scale": "1/255", "mean": list(card.mean), "std": list(card.std),
                         "resize_size": card.resize_size, "interpolation": card.interpolation},
       "num_classes": card.num_classes,
@@ -319,6 +361,7 @@ class ExportSource:
   train_records: RecordSource
   serving: ServingFunction
   intermediates: converters.Intermediates
+  task: object  # vision.tasks: what the outputs mean (the model directory's, thresholds included)
 
   @classmethod
   def open(cls, workdir: str | os.PathLike, scratch: pathlib.Path, *, data: str | None = None,
@@ -329,6 +372,7 @@ class ExportSource:
       raise ConfigError(f"--max_examples={max_examples}: give a number of validation images, "
                         "or 0 for the whole split")
     model, card = load_model(workdir)
+    task = tasks.load(workdir)
     # Exported graphs keep XLA's own convolution: TFLite and ONNX have native conv kernels, and
     # the CPU matmul lowering's reshapes do not survive tf2onnx with a free batch dimension.
     layers.set_conv_impl(model, "lax")
@@ -341,10 +385,10 @@ class ExportSource:
     # parity check compares it with the unfolded model.
     folded = nnx.clone(model)
     fold_batch_norms(folded)
-    serving = serving_function(folded, card)
+    serving = serving_function(folded, card, task)
     return cls(workdir, model, card, card_spec(card), records, data_config.val_split,
                dataset.split(data_config.train_split), serving,
-               converters.Intermediates(serving, scratch))
+               converters.Intermediates(serving, scratch), task)
 
 
 def export_from(source: ExportSource, fmt: str, out: str | os.PathLike, *, int8: bool = False,
@@ -365,8 +409,9 @@ def export_from(source: ExportSource, fmt: str, out: str | os.PathLike, *, int8:
                                        calibration=calibration,
                                        intermediates=source.intermediates)
     model_file = _replace_out(out, made)
-  info = export_info(source.card, fmt, model_file, int8=int8, quantization=quantization,
-                     version=version, workdir=source.workdir)
+  info = export_info(source.card, source.task, fmt, model_file, int8=int8,
+                     quantization=quantization, version=version, workdir=source.workdir,
+                     output_names=source.serving.output_names)
   write_text_atomically(out / EXPORT_JSON, json.dumps(info, indent=2))
   log.info("wrote %s in %.0f s; checking it against JAX on %d %s images", model_file,
            time.monotonic() - started, len(source.records), source.split)
@@ -375,7 +420,8 @@ def export_from(source: ExportSource, fmt: str, out: str | os.PathLike, *, int8:
   batches = _batches(source.records, source.spec, np.arange(len(source.records)))
   with converter_step(fmt, stage="run", keep=(ParityError,)):
     exported = load_exported(out)
-    parity = parity_report(jax_logits, exported, batches, total=len(source.records))
+    parity = parity_report(jax_logits, exported, batches, source.task,
+                           total=len(source.records))
   report = {"format": fmt, "int8": int8, "runtime": RUNTIMES[fmt], "version": info["version"],
             "split": source.split, **parity}
   first_image = pipeline.read_batch(source.records, np.arange(1), source.spec)[0]

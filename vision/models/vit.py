@@ -26,7 +26,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from vision.config import ConfigError
+from vision.errors import ConfigError
 from vision.models import MODELS, ModelOptions
 from vision.models.layers import Conv, gradient_barrier
 from vision.models import torch_import
