@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -17,9 +18,10 @@ from conftest import REPO, child_env, write_idx_dataset
 from vision import config as config_lib
 from vision.checkpoint import ModelCard, write_model_dir
 from vision.export import ExportError, export_workdir
+from vision.export.converters import run_isolated
 from vision.export.errors import converter_step
 from vision.models import ModelOptions, create_model
-import unconvertible_models  # noqa: F401  (registers gather_net and xor_net)
+import unconvertible_models  # registers gather_net and xor_net
 
 pytestmark = pytest.mark.slow
 SIZE = 16
@@ -110,3 +112,14 @@ def test_our_own_errors_pass_through_unchanged():
   with pytest.raises(ExportError, match=r"^tflite: conversion failed: ValueError: first line; "):
     with converter_step("tflite"):
       raise ValueError("first line\nsecond line")
+
+
+def test_a_converter_that_kills_its_process_is_one_line_not_a_dead_export():
+  with pytest.raises(ExportError) as error:
+    with converter_step("tflite"):
+      run_isolated("the TFLite int8 converter", unconvertible_models.crash, signal.SIGSEGV)
+  message = str(error.value)
+  assert message.startswith("tflite: conversion failed: RuntimeError: the TFLite int8 converter "
+                            "crashed: its process died"), message
+  assert "\n" not in message
+  assert run_isolated("a sum", sum, [1, 2, 3]) == 6  # an ordinary result comes back

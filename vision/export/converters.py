@@ -22,11 +22,13 @@ Routes (each measured to match JAX on this stack, see README "Export"):
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import multiprocessing
 import os
 import pathlib
 import tempfile
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import jax
 import numpy as np
@@ -35,6 +37,7 @@ from vision.export import tf2onnx_fixes
 from vision.export.serving import INPUT_NAME, ServingFunction
 
 ONNX_OPSET = 17
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -100,13 +103,41 @@ def calibration_batches(images: np.ndarray) -> Iterator[list[np.ndarray]]:
     yield [image[None]]
 
 
+def run_isolated(what: str, function: Callable[..., T], *args: Any) -> T:
+  """`function(*args)` in a fresh child process; a crash of the child raises RuntimeError.
+
+  `what` names the work in that error ("the TFLite int8 converter").
+
+  For converter code that can kill the process (a segmentation fault in the TFLite
+  converter's C++ quantizer, seen on EfficientNet-B0), so that the export ends with
+  one error line instead of a dead process. `function` must be importable by name.
+  """
+  spawn = multiprocessing.get_context("spawn")  # no fork of a process running XLA threads
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+    try:
+      return pool.submit(function, *args).result()
+    except concurrent.futures.process.BrokenProcessPool:
+      raise RuntimeError(f"{what} crashed: its process died (a fault in its native code, not "
+                         "in the model)") from None
+
+
 def write_tflite(saved_model: pathlib.Path, path: pathlib.Path, *,
                  calibration: np.ndarray | None = None) -> str:
   """fp32, or int8 when `calibration` (uint8 NHWC training images) is given.
 
   Returns how it was quantized: "none", "full_integer" (every op int8), or
   "integer_with_float_fallback" when some op has no int8 kernel and stays float.
+  The int8 conversion runs in a child process (`run_isolated`): its quantizer
+  has crashed the whole process.
   """
+  if calibration is None:
+    return _write_tflite_here(saved_model, path, None)
+  return run_isolated("the TFLite int8 converter", _write_tflite_here, saved_model, path,
+                      calibration)
+
+
+def _write_tflite_here(saved_model: pathlib.Path, path: pathlib.Path,
+                       calibration: np.ndarray | None) -> str:
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
   def converter(ops):
