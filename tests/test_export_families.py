@@ -80,7 +80,9 @@ def source(request, tmp_path_factory) -> export_lib.ExportSource:
 
 
 def test_the_cases_cover_every_family_and_every_shipped_config():
-  assert {family(arch) for arch in MODELS} == set(SMALLEST_VARIANTS)
+  # Test-only models (tests/unconvertible_models.py) may be registered by another test file.
+  ours = [arch for arch, builder in MODELS.items() if builder.__module__.startswith("vision.")]
+  assert {family(arch) for arch in ours} == set(SMALLEST_VARIANTS)
   covered = {family(config.model.name) for config in CASES.values()}
   assert covered == set(SMALLEST_VARIANTS)
   shipped = {f"configs/{p.name}" for p in (REPO / "configs").glob("*.py")}

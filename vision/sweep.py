@@ -71,6 +71,8 @@ TRIAL_LOG = "sweep_trial.log"
 HEARTBEAT_EVERY_S = 30.0
 # How long a driver waits for another that claimed a new grid study to queue its points.
 GRID_WAIT_S = 120.0
+# How long a popped trial may go without its driver's attributes before it counts as orphaned.
+LAUNCH_GRACE_S = 60.0
 # Retries of create_study while another driver creates Optuna's tables (see _create_or_load_study).
 SCHEMA_RACE_ATTEMPTS = 5
 # A trial asked past the budget by a racing driver: never run, left out of the results.
@@ -461,11 +463,14 @@ class Sweep:
       if trial.number in self.running:
         continue
       attrs = trial.user_attrs
-      if attrs.get("host") == self.host:
+      if "driver_pid" not in attrs:
+        # Popped by a driver that has not yet written who runs it (it is starting the child).
+        gone = now - trial.datetime_start.timestamp() > LAUNCH_GRACE_S
+      elif attrs.get("host") == self.host:
         gone = not _alive(attrs.get("driver_pid")) and not _alive(attrs.get("child_pid"))
       else:
         gone = now - attrs.get("heartbeat", 0.0) > STALE_AFTER_S
-      if gone or "driver_pid" not in attrs and now - trial.datetime_start.timestamp() > 60:
+      if gone:
         orphans.append(trial)
     return orphans
 
