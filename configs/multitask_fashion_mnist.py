@@ -40,7 +40,6 @@ instead of summing them with weight 1.
 Smoke test: `--config=configs/multitask_fashion_mnist.py:smoke`, end to end in under a minute.
 """
 
-import importlib.util
 import pathlib
 
 from vision import config as config_lib
@@ -51,11 +50,8 @@ HEADS = {"class": {"source": "label"}, "garment": {"source": f"map:{GARMENT_GROU
 
 def _quickstart(smoke: bool):
   """configs/fashion_mnist.py: the recipe every head count here shares."""
-  path = pathlib.Path(__file__).with_name("fashion_mnist.py")
-  spec = importlib.util.spec_from_file_location("fashion_mnist_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("smoke" if smoke else None)
+  return config_lib.from_file(pathlib.Path(__file__).with_name("fashion_mnist.py"),
+                              "smoke" if smoke else None)
 
 
 def get_config(arg: str | None = None):

@@ -15,6 +15,7 @@ so a typo or a wrong type is one clear line, not a traceback from inside JAX:
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import logging
 import os
@@ -257,6 +258,20 @@ def use_fashion_mnist(config: ml_collections.ConfigDict) -> None:
     print(f"{DEBIAN_FASHION_MNIST} not found (Debian package dataset-fashion-mnist); "
           "using TFDS fashion_mnist instead, which downloads it when online", file=sys.stderr)
     config.data.source = "tfds:fashion_mnist"
+
+
+def from_file(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file, as `--config=PATH:ARG` reads it.
+
+      base = config_lib.from_file(pathlib.Path(__file__).with_name("fashion_mnist.py"), "smoke")
+
+  For configs built on another one (a sweep's or a multi-task variant's base recipe).
+  """
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def parse_arg(arg: str | None, **defaults_: Any) -> ml_collections.ConfigDict:
