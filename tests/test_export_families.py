@@ -11,7 +11,6 @@ the README's matrix (`experiments.export_matrix`, every family).
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import pytest
@@ -35,10 +34,7 @@ CONFIG_ARGS = {"distill_fashion_mnist": "smoke,alone",
 
 
 def _shipped_config(path: pathlib.Path):
-  spec = importlib.util.spec_from_file_location(f"shipped_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(CONFIG_ARGS.get(path.stem, "smoke"))
+  return config_lib.from_file(path, CONFIG_ARGS.get(path.stem, "smoke"))
 
 
 def _network(config) -> tuple:
