@@ -26,9 +26,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags  # noqa: E402
 
 from experiments import common  # noqa: E402
-from vision.export import ParityError  # noqa: E402
 from vision.compress import report as compress_report  # noqa: E402
-from vision.export.latency import DEFAULT_REPEATS, compare_latency, format_latency_table  # noqa: E402
+from vision.export import ParityError  # noqa: E402
+from vision.export.compare import compare_latency, format_latency_table  # noqa: E402
+from vision.export.latency import DEFAULT_REPEATS  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A model directory written by experiments.train.")
 _OUT = flags.DEFINE_string("out", None, "Where the four exports go (default: a temporary "

@@ -3,8 +3,9 @@
     python -m experiments.evaluate --workdir=runs/fashion_mnist [--split=test] [--which=best]
     python -m experiments.evaluate --workdir=runs/a --workdir=runs/b [--output_dir=DIR]
 
-One workdir: writes WORKDIR/eval/<split>/report.json and confusion_matrix.png,
-logs the same numbers to the run's W&B run, and prints a per-class summary.
+One workdir (any task: classification, multi-label, multi-task): writes
+WORKDIR/eval/<split>/report.json and its plots, logs the same numbers to the
+run's W&B run, and prints a per-class summary (per head for multi-task).
 Several: the ensemble (mean of the members' probabilities) and each member
 side by side; the ensemble's report and members.json go to --output_dir
 (default FIRST_WORKDIR/eval/ensemble/<split>/).
@@ -15,11 +16,10 @@ from absl import flags
 from experiments import common
 from vision import config as config_lib
 from vision import logging as logging_lib
-from vision import parallel
+from vision import parallel, tasks
 from vision.checkpoint import Checkpoints
 from vision.evaluate import ensemble as ensemble_lib
 from vision.evaluate import evaluate as evaluate_lib
-from vision.evaluate import report as report_lib
 
 _WORKDIR = flags.DEFINE_multi_string(
     "workdir", None, "A model directory written by experiments.train; repeat for an ensemble.")
@@ -41,12 +41,13 @@ def main(argv: list[str]) -> None:
     return
   workdir = _WORKDIR.value[0]
   report = evaluate_lib.evaluate_workdir(workdir, _SPLIT.value, which=_WHICH.value)
+  task = tasks.load(workdir)
   if parallel.is_main_process():
-    _log_to_wandb(report, workdir)
-  print(report_lib.format_summary(report))
+    _log_to_wandb(task, report, workdir)
+  print(task.summary(report))
 
 
-def _log_to_wandb(report: dict, workdir: str) -> None:
+def _log_to_wandb(task, report: dict, workdir: str) -> None:
   """Adds the report to the training run's W&B run (resumed by its id)."""
   config = config_lib.load_resolved(workdir)
   run = logging_lib.init_wandb(
@@ -55,7 +56,7 @@ def _log_to_wandb(report: dict, workdir: str) -> None:
       mode=config.wandb.mode)
   writer = logging_lib.WandbWriter(run)
   step = Checkpoints(workdir, read_only=True).latest_step() or 0
-  evaluate_lib.publish(writer, report, _SPLIT.value, step, workdir)
+  evaluate_lib.publish(writer, task, report, _SPLIT.value, step, workdir)
   writer.close()
 
 

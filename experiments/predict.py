@@ -2,9 +2,11 @@
 
     python -m experiments.predict --workdir=runs/fashion_mnist shoe.png bag.jpg
 
-Each line is {"file": ..., "top": [{"label", "index", "prob"}, ...]}; an
-unreadable file gets {"file": ..., "error": ...} and the command exits with
-status 1 after predicting the others.
+Each line is {"file": ..., "top": [{"label", "index", "prob"}, ...]} (a
+multi-label model adds "labels"; a multi-task model answers per head:
+{"file": ..., "tasks": {HEAD: {"top": [...]}}}); an unreadable file gets
+{"file": ..., "error": ...} and the command exits with status 1 after
+predicting the others.
 """
 
 import json

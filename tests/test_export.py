@@ -12,7 +12,7 @@ from conftest import run_module
 from vision.checkpoint import load_model
 from vision.export import ExportedModel, ParityError, export_workdir, load_exported
 from vision.export import export as export_lib
-from vision.export.latency import compare_latency, format_latency_table
+from vision.export.compare import compare_latency, format_latency_table
 
 pytestmark = pytest.mark.slow
 REPORT_KEYS = {"top1_agreement", "accuracy_exported", "accuracy_jax", "max_abs_logit_diff",

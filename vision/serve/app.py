@@ -41,8 +41,7 @@ from vision.serve.batcher import MicroBatcher
 from vision.serve.images import Limits, RequestError
 from vision.serve.log import Prediction, PredictionLog
 from vision.serve.router import Router
-from vision.serve.runtime import ExportError, ServedModel, compact_embedding, load_served, \
-    softmax
+from vision.serve.runtime import ExportError, ServedModel, compact_embedding, load_served
 
 _PAGE = pathlib.Path(__file__).with_name("static") / "index.html"
 _RECENT = 100_000  # predictions kept in memory for feedback without a database read
@@ -99,7 +98,8 @@ class VersionState:
         "batching": self.batcher.stats.as_dict(),
         "input": {"height": self.model.spec.height, "width": self.model.spec.width,
                   "channels": self.model.spec.channels},
-        "class_names": list(self.model.spec.class_names)}
+        "class_names": list(self.model.spec.class_names),
+        "task": self.model.spec.task.to_json()}
 
 
 class Metrics:
@@ -355,20 +355,19 @@ def create_app(options: ServeOptions) -> fastapi.FastAPI:
     now = time.time()
     predictions = []
     for logits, embedding in outputs:
-      probs = softmax(logits[None])[0]
-      order = np.argsort(-probs, kind="stable")[:min(k, len(probs))]
+      probs = spec.task.probabilities(logits[None])[0]
+      # The log and feedback follow one answer: the model's (a multi-task model's first head).
+      primary = probs[spec.task.primary[0]]
+      top1 = int(np.argmax(primary))
       prediction_id = uuid.uuid4().hex
-      top1 = int(order[0])
       prediction_log.record(Prediction(
-          prediction_id, now, state.version, top1, spec.class_names[top1], float(probs[top1]),
+          prediction_id, now, state.version, top1, spec.class_names[top1], float(primary[top1]),
           compact_embedding(embedding[None])[0]))
       with recent_lock:
         recent[prediction_id] = (state.version, top1)
         if len(recent) > _RECENT:
           recent.popitem(last=False)
-      predictions.append({"id": prediction_id, "top": [
-          {"label": spec.class_names[i], "index": int(i), "prob": float(probs[i])}
-          for i in order]})
+      predictions.append({"id": prediction_id, **spec.task.predictions(probs, k)})
     seconds = time.perf_counter() - start
     state.requests += 1
     state.predictions += len(predictions)
@@ -384,7 +383,9 @@ def create_app(options: ServeOptions) -> fastapi.FastAPI:
                              top_k: int | None = None) -> dict:
     """Returns {"version": V, "predictions": [{"id", "top": [{"label", "index", "prob"}]}]}.
 
-    `version` pins a model version (bypassing the A/B split); `top_k` defaults to 5.
+    A multi-task model answers per head: {"id", "tasks": {HEAD: {"top": [...]}}}; a
+    multi-label one adds "labels" (the classes over their thresholds). `version` pins a
+    model version (bypassing the A/B split); `top_k` defaults to 5.
     """
     return await predict(request, version, top_k)
 
