@@ -96,16 +96,22 @@ def quantize(model: nnx.Module, *, mode: str, weight_bits: int = 8, activation_b
   # VJP forward, which flax NNX refuses under nnx.value_and_grad (TraceContextError).
   provider = qwix.OdmlQatProvider(rules(weight_bits, activation_bits), strict=False)
   sample = jnp.zeros((1, *input_shape), jnp.float32)
-  quantized = qwix.quantize_model(model, provider, sample)
+  # Qwix creates its state by calling the model once; run eagerly, each of the many small
+  # fake-quantization ops compiles on its own (75 s for the tiny test CNN, 10 s compiled).
+  quantized = qwix.quantize_model(model, provider, sample, skip_nnx_init=True)
   quantized.__class__ = _with_range_modes(type(quantized))
+  forward = nnx.jit(lambda module, images: module(images))
+  quantized.eval()  # range updates off for the initialising calls
+  forward(quantized, sample)
   # Ops that run in training only (dropout's rescaling) create their QuantStats on the first
   # training-mode call, which inside the jitted step would change the state's structure: make
   # them now, with range updates off and every other variable (BatchNorm, RNG) put back.
   snapshot = nnx.clone(quantized)
   quantized.train()
   quantized.set_attributes(disable_quant_stats_update=True)
-  quantized(sample)
+  forward(quantized, sample)
   nnx.update(quantized, nnx.state(snapshot))
+  quantized.set_attributes(qwix_rngs=None)
   model.train()
   quantized.train()
   return quantized
