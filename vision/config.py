@@ -210,8 +210,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.prune.granularity = "unstructured"
   # 'global' (one ranking across layers) or 'layer' (each layer to the target).
   c.prune.scope = "global"
-  # The sparsity rises cubically from `start` to `end` (fractions of training); masks are
-  # recomputed every `update_every` steps in between and stay fixed after `end`.
+  # 'polynomial': the sparsity rises cubically from `start` to `end` (fractions of training);
+  # masks are recomputed every `update_every` steps in between and stay fixed after `end`.
+  # 'one_shot': the whole target at `start` (magnitudes then), fixed from there on.
   c.prune.schedule = "polynomial"
   c.prune.start = 0.1
   c.prune.end = 0.7
@@ -333,7 +334,7 @@ _CHOICES = {
     "transfer.mode": ("none", "linear_probe", "fine_tune", "gradual_unfreeze"),
     "prune.granularity": ("unstructured", "channel"),
     "prune.scope": ("global", "layer"),
-    "prune.schedule": ("polynomial",),
+    "prune.schedule": ("polynomial", "one_shot"),
     "quant.mode": ("none", "qat", "ptq"),
     "task.name": ("auto", "classification", "multi_label", "multi_task"),
     "task.weighting": ("fixed", "uncertainty"),

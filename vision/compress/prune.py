@@ -13,7 +13,7 @@ the target sparsity rising as Zhu & Gupta's cubic schedule
     s_t = s_f · (1 − (1 − (t − t_0) / (t_end − t_0))³)
 
 and stay fixed from `end` on, so the last part of training fine-tunes the
-surviving weights. `granularity="unstructured"` ranks single weights by |w|;
+surviving weights (`schedule="one_shot"`: the whole target at `start`, once). `granularity="unstructured"` ranks single weights by |w|;
 `"channel"` ranks the output channels of convolutions by their mean |w| (L1
 norm over the channel's weights, divided by their count so layers compare) and
 masks a channel's kernel slice together with the BatchNorm scale and bias that
@@ -215,6 +215,8 @@ def spec_from_config(prune_config: ml_collections.ConfigDict, model: nnx.Module,
                       f"parameters: {', '.join(params)}")
   start = int(round(prune_config.start * total_steps))
   end = max(start, int(round(prune_config.end * total_steps)))
+  if prune_config.schedule == "one_shot":
+    end = start  # the whole target at `start`, then fixed: the baseline the ramp improves on
   return PruneSpec(prune_config.sparsity, prune_config.granularity, prune_config.scope,
                    start, end, max(1, prune_config.update_every), prunable, groups)
 
