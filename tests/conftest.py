@@ -14,6 +14,14 @@ from PIL import Image
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# One persistent XLA compilation cache for the whole test run, its xdist workers and every
+# command a test starts (they inherit the environment): the same tiny programs compile in
+# dozens of tests and subprocesses. Set before anything imports JAX, which reads these once.
+# A run that sets JAX_COMPILATION_CACHE_DIR itself (or to "" to turn it off) keeps its own.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax-compilation"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))  # LRU beyond 4 GiB
 NUM_CLASSES = 4
 SIZE = 16
 
