@@ -189,7 +189,8 @@ class OpenedModel:
 
 def _calibrated_and_raw(task) -> Callable[[jax.Array], dict[str, jax.Array]]:
   raw = task.uncalibrated()
-  return lambda logits: {"probs": task.probabilities(logits), "raw_probs": raw.probabilities(logits)}
+  return lambda logits: {"probs": task.probabilities(logits),
+                         "raw_probs": raw.probabilities(logits)}
 
 
 def predict_workdir(workdir: str | os.PathLike, split: str = "test", *, which: str = "best",

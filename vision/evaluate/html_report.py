@@ -101,16 +101,17 @@ def _section(report: dict, class_names, directory: pathlib.Path) -> str:
   matrix = _png(directory / report_lib.CONFUSION_MATRIX_FILENAME)
   if matrix:
     parts.append("<h3>Confusion matrix</h3>" + matrix)
-  if report.get("calibration"):
-    parts.append(f"<h3>Reliability diagram</h3><p class=note>"
-                 f"{html.escape(report['calibration']['binning'])}; expected calibration error "
-                 f"{report['calibration']['ece']:.4f} raw, {report['calibration']['ece_calibrated']:.4f}"
-                 f" at temperature {report['calibration']['temperature']:.4g}.</p>"
+  fit = report.get("calibration")
+  if fit:
+    parts.append(f"<h3>Reliability diagram</h3><p class=note>{html.escape(fit['binning'])}; "
+                 f"expected calibration error {fit['ece']:.4f} raw, {fit['ece_calibrated']:.4f} "
+                 f"at temperature {fit['temperature']:.4g}.</p>"
                  + _png(directory / calibration.RELIABILITY_FILENAME))
-  if report.get("most_confused"):
-    parts.append("<h3>Most confused</h3>" + _table(
+  if "most_confused" in report:
+    parts.append("<h3>Most confused</h3>" + (_table(
         ["true", "predicted", "count"],
-        [[p["true"], p["predicted"], p["count"]] for p in report["most_confused"]]))
+        [[p["true"], p["predicted"], p["count"]] for p in report["most_confused"]])
+        if report["most_confused"] else "<p>No class was mistaken for another.</p>"))
   if report.get("top_losses"):
     parts.append("<h3>Top losses</h3>" + _png(directory / interpret.GALLERY_FILENAME) + _table(
         ["index", "file", "true", "predicted", "probability", "loss"],
@@ -130,8 +131,8 @@ def render(task, report: dict, directory: str | os.PathLike, title: str) -> str:
     if name:
       body.append(f"<h2>Head {html.escape(name)}</h2>")
     body.append(_section(section, class_names, directory / name if name else directory))
-  body.append(f"<p class=note>Test-time augmentation: {html.escape(str(report.get('tta', 'none')))}."
-              " Written by vision.evaluate.</p>")
+  tta = html.escape(str(report.get("tta", "none")))
+  body.append(f"<p class=note>Test-time augmentation: {tta}. Written by vision.evaluate.</p>")
   return ("<!doctype html><html lang=en><head><meta charset=utf-8>"
           f"<title>{html.escape(title)}</title><link rel=icon href=\"data:,\">"
           f"<style>{_STYLE}</style></head><body>"

@@ -19,7 +19,9 @@ Methods, all computed under `jax.jit` for a batch of normalised images
     depend on the target class;
   * `integrated_gradients` (Sundararajan et al. 2017), any model: (x - x') times
     the mean gradient along the straight path from the baseline x' (a black
-    image) to x, `steps` midpoint samples, summed over channels in absolute value.
+    image) to x, `steps` midpoint samples, summed over channels; the positive part
+    (evidence for the target class: the absolute value would also light up the
+    evidence against it, another class's).
 
 The convolutional stage is found by layer group, so a new family needs no code:
 of the paths in `model.layer_groups()` (depth order, the head left out) the
@@ -252,7 +254,8 @@ class Explainer:
       alphas = (jnp.arange(steps, dtype=jnp.float32) + 0.5) / steps
       total, _ = jax.lax.scan(accumulate, jnp.zeros_like(images), alphas)
       attributions = (images - baseline) * total / steps
-      return _scale(jnp.abs(attributions).sum(axis=-1), size)
+      # The evidence for the target: the positive part of each pixel's attribution.
+      return _scale(jax.nn.relu(attributions.sum(axis=-1)), size)
     return lambda images, targets: integrated(state, images, targets)
 
 

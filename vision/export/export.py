@@ -125,7 +125,7 @@ def parity_report(jax_logits, exported, batches: Iterable[dict[str, np.ndarray]]
   `heads` holds each one's figures and the top level the worst of them. Accuracies
   are the task's (`report(...)["accuracy"]`, a multi-task model's mean over heads).
   """
-  reference, outputs, targets = [], [], []
+  reference, outputs, targets, exported_outputs = [], [], [], []
   embedding_dims, finite = set(), True
   # Batches of _BATCH and a smaller last one: the check also exercises the dynamic batch size.
   for batch in batches:
@@ -136,6 +136,7 @@ def parity_report(jax_logits, exported, batches: Iterable[dict[str, np.ndarray]]
       raise ParityError(f"the exported model returned {shapes} for {len(images)} images")
     reference.append(jax_logits(images))
     outputs.append(task.join(produced))
+    exported_outputs.append({name: produced[name] for name in task.output_names})
     targets.append(task.targets(batch))
     embedding_dims.add(produced["embedding"].shape[1:])
     finite &= bool(all(np.isfinite(value).all() for value in produced.values()))
@@ -145,7 +146,10 @@ def parity_report(jax_logits, exported, batches: Iterable[dict[str, np.ndarray]]
     raise ParityError(f"the exported model returned logits of shape {logits.shape[1:]} and "
                       f"embeddings of shapes {sorted(embedding_dims)}; the JAX model gives "
                       f"logits {reference.shape[1:]}")
-  heads = {name: _output_stats(task.outputs(reference)[name], task.outputs(logits)[name])
+  # Every output as the exported graph computes it (the probabilities too, temperature and all).
+  exported_outputs = {name: np.concatenate([o[name] for o in exported_outputs])
+                      for name in task.output_names}
+  heads = {name: _output_stats(task.outputs(reference)[name], exported_outputs[name])
            for name in task.output_names}
   accuracy_exported = task.report(targets, task.probabilities(logits))["accuracy"]
   accuracy_jax = task.report(targets, task.probabilities(reference))["accuracy"]

@@ -10,7 +10,7 @@
 The default task, today's path: the objective is `vision.train.imbalance.make_loss`
 (cross-entropy unless `train.loss`/`train.class_weights` say otherwise), the
 best checkpoint is chosen by `val/accuracy` (by `val/macro_f1` on imbalanced
-data), and the model exports one output, `logits`. As a head of a multi-task
+data), and the model exports `logits` and `probabilities`. As a head of a multi-task
 model it reads its labels from a `LabelSource` (a mapped or another column).
 
 Its probabilities are `softmax(logits / temperature)`: the temperature (Guo et
@@ -62,17 +62,18 @@ def softmax(logits):
 
 
 class OneOutput:
-  """What a task with one set of classes exports and logs: one `logits` output, all of it."""
+  """What a task with one set of classes exports and logs: `logits`, all of them, and
+  `probabilities`, the task's (temperature-scaled softmax, or sigmoids) computed in the graph."""
   class_names: tuple[str, ...]
   uncertainty_weights = 0  # no learned loss weights in the model's head
-  output_names = ("logits",)
+  output_names = ("logits", "probabilities")
 
   @property
   def num_outputs(self) -> int:
     return len(self.class_names)
 
   def outputs(self, logits) -> dict:
-    return {"logits": logits}
+    return {"logits": logits, "probabilities": self.probabilities(logits)}
 
   def sections(self, report: dict) -> list[tuple[str, dict, slice, tuple[str, ...]]]:
     """(name, report, its outputs, class names) per part of the report: one, unnamed."""

@@ -264,16 +264,22 @@ class MultiTask:
 
   @property
   def output_names(self) -> tuple[str, ...]:
-    """One exported output per head: 'logits_HEAD'."""
-    return tuple(f"logits_{h.name}" for h in self.heads)
+    """Two exported outputs per head: every 'logits_HEAD', then every 'probabilities_HEAD'."""
+    return (tuple(f"logits_{h.name}" for h in self.heads)
+            + tuple(f"probabilities_{h.name}" for h in self.heads))
 
   def outputs(self, logits) -> dict:
-    """{'logits_HEAD': that head's logits}; a static slice in traced code (export converters
-    reject the gather that indexing becomes under a symbolic batch dimension)."""
+    """{'logits_HEAD': that head's logits, 'probabilities_HEAD': its probabilities}; a static
+    slice in traced code (export converters reject the gather that indexing becomes under a
+    symbolic batch dimension)."""
     if isinstance(logits, np.ndarray):
-      return {f"logits_{h.name}": logits[..., h.outputs] for h in self.heads}
-    return {f"logits_{h.name}": jax.lax.slice_in_dim(logits, h.start, h.outputs.stop, axis=-1)
-            for h in self.heads}
+      sliced = {h.name: logits[..., h.outputs] for h in self.heads}
+    else:
+      sliced = {h.name: jax.lax.slice_in_dim(logits, h.start, h.outputs.stop, axis=-1)
+                for h in self.heads}
+    return {**{f"logits_{h.name}": sliced[h.name] for h in self.heads},
+            **{f"probabilities_{h.name}": h.task.probabilities(sliced[h.name])
+               for h in self.heads}}
 
   def join(self, outputs: dict) -> np.ndarray:
     return np.concatenate([np.asarray(outputs[f"logits_{h.name}"]) for h in self.heads], axis=-1)
