@@ -4,8 +4,9 @@
     write_quadrant_idx(root, train=2048, test=256)               # IDX files for `idx:ROOT`
 
 Each 32×32 grey image is dim noise with one 8×8 texture patch, at a random
-place inside a random quadrant; the texture is the class: horizontal stripes,
-vertical stripes, a checkerboard, a solid square. A map that explains the
+place inside a random quadrant; the texture is the class: horizontal, vertical
+or diagonal stripes, or a checkerboard (none contains another: a solid square
+would, stripes' edges, and a map for 'stripes' could rightly point at it). A map that explains the
 prediction should peak inside that quadrant (the pointing game).
 """
 
@@ -18,14 +19,14 @@ import numpy as np
 from conftest import write_idx
 
 SIZE, PATCH, NUM_CLASSES = 32, 8, 4
-CLASS_NAMES = ("horizontal", "vertical", "checker", "solid")
+CLASS_NAMES = ("horizontal", "vertical", "checker", "diagonal")
 
 
 def texture(label: int) -> np.ndarray:
   """The 8×8 evidence of `label`, 0/1."""
   rows, cols = np.mgrid[:PATCH, :PATCH]
   return [(rows // 2) % 2, (cols // 2) % 2, ((rows // 2) + (cols // 2)) % 2,
-          np.ones((PATCH, PATCH), np.int64)][label].astype(np.float32)
+          ((rows + cols) // 2) % 2][label].astype(np.float32)
 
 
 def place(image: np.ndarray, label: int, quadrant: int, rng: np.random.Generator) -> None:

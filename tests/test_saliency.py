@@ -114,7 +114,7 @@ def test_pointing_game_on_evidence_in_a_random_quadrant(trained, method):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["gradcam", "integrated_gradients"])
+@pytest.mark.parametrize("method", ["gradcam"])  # the class-discriminative one (README: the others)
 def test_each_target_points_at_its_own_quadrant(trained, method):
   model, card, _ = trained
   images, labels, quadrants = quadrant_data.two_class_images(64, seed=6)
@@ -128,7 +128,7 @@ def test_each_target_points_at_its_own_quadrant(trained, method):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["gradcam", "gradcam_pp"])
+@pytest.mark.parametrize("method", ["gradcam", "integrated_gradients"])
 def test_maps_of_a_randomised_model_differ_from_the_trained_models(trained, method):
   model, card, twin = trained
   images, labels, _ = quadrant_data.quadrant_images(64, seed=7)
@@ -168,6 +168,6 @@ def test_explain_command_writes_maps_of_each_files_own_size(quadrant_run, tmp_pa
   # Mistakes are one line (ConfigError: `common.run` prints it as `error: ...`, exit 2).
   with pytest.raises(ConfigError, match="--target does not apply to --method=rollout"):
     next(explain_files(quadrant_run, [str(tmp_path / "square.png")], method="rollout",
-                       out=out, target="solid"))
+                       out=out, target="diagonal"))
   with pytest.raises(ConfigError, match="share the file stem 'square'"):
     next(explain_files(quadrant_run, ["a/square.png", "b/square.jpg"], method="gradcam", out=out))
