@@ -12,10 +12,6 @@ name (default: the predicted class). One JSON line per image is printed; an
 unreadable file gets {"file", "error"} and the command exits 1 after the others.
 """
 
-import json
-import sys
-
-from absl import app
 from absl import flags
 
 from experiments import common
@@ -34,17 +30,10 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 
 def main(argv: list[str]) -> None:
-  paths = argv[1:]
-  if not paths:
-    raise app.UsageError("give one or more image files after the flags")
-  failed = 0
-  for result in explain_files(_WORKDIR.value, paths, method=_METHOD.value, out=_OUT.value,
-                              target=_TARGET.value, which=_WHICH.value, steps=_STEPS.value):
-    failed += "error" in result
-    print(json.dumps(result), flush=True)
-  if failed:
-    print(f"error: {failed} of {len(paths)} images could not be read", file=sys.stderr)
-    sys.exit(1)
+  paths = common.image_paths(argv)
+  results = explain_files(_WORKDIR.value, paths, method=_METHOD.value, out=_OUT.value,
+                          target=_TARGET.value, which=_WHICH.value, steps=_STEPS.value)
+  common.print_results(results, len(paths))
 
 
 if __name__ == "__main__":

@@ -14,10 +14,6 @@ multi-label model adds "labels"; a multi-task model answers per head:
 predicting the others.
 """
 
-import json
-import sys
-
-from absl import app
 from absl import flags
 
 from experiments import common
@@ -34,17 +30,10 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv: list[str]) -> None:
-  paths = argv[1:]
-  if not paths:
-    raise app.UsageError("give one or more image files after the flags")
-  failed = 0
-  for result in predict_files(_WORKDIR.value, paths, k=_TOP.value, tta=_TTA.value,
-                              raw_probabilities=_RAW.value):
-    failed += "error" in result
-    print(json.dumps(result), flush=True)
-  if failed:
-    print(f"error: {failed} of {len(paths)} images could not be read", file=sys.stderr)
-    sys.exit(1)
+  paths = common.image_paths(argv)
+  results = predict_files(_WORKDIR.value, paths, k=_TOP.value, tta=_TTA.value,
+                          raw_probabilities=_RAW.value)
+  common.print_results(results, len(paths))
 
 
 if __name__ == "__main__":

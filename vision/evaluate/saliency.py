@@ -114,8 +114,10 @@ def tapped(model: nnx.Module, paths: Sequence[str]) -> Iterator[nnx.Module]:
 
 
 def _candidate_paths(model: nnx.Module) -> list[str]:
-  groups = model.layer_groups()
-  return [path for group in groups[:-1] for path in group]  # the last group is the head
+  """The submodules named by the layer groups, in depth order (parameters such as a ViT's
+  `pos_embed` and the last group, the head, left out)."""
+  groups = model.layer_groups()[:-1]
+  return [path for group in groups for path in group if isinstance(_get(model, path), nnx.Module)]
 
 
 def conv_layer(model: nnx.Module, input_shape: tuple[int, int, int]) -> tuple[str, tuple]:
