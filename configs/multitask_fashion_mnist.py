@@ -12,7 +12,22 @@ Bag). The same network trained on each task alone, at the same budget:
     python -m experiments.train --config=configs/multitask_fashion_mnist.py:heads=class ...
     python -m experiments.train --config=configs/multitask_fashion_mnist.py:heads=garment ...
 
-Expected result (test split, 10k images; RESULTS_TABLE)
+Expected result (test split, 10k images, one seed; 2026-11-29):
+
+    | trained on      | class head | garment head |
+    |-----------------|------------|--------------|
+    | both (this)     | 0.9253     | 0.9829       |
+    | class alone     | 0.9223     | —            |
+    | garment alone   | —          | 0.9814       |
+
+Sharing the backbone does not hurt here and helps a little: +0.30 points on
+the classes, +0.15 on the garment groups, each about one standard error of a
+10k-image accuracy (0.26 and 0.13 points), so one seed cannot call it more
+than "no worse". Time: 2,737 steps; the garment-alone run took 22.5 min on
+this 2-core machine while it was shared with other jobs (load 6), the two-head
+run 80 min at load 17-28; the same recipe alone takes 4 min on the idle
+machine (configs/fashion_mnist.py), and the second head adds one 128x5 dense
+layer.
 
 Everything else is the quickstart's recipe (configs/fashion_mnist.py): small
 CNN (24, 48, 96), hidden 128, dropout 0.1, horizontal flips, SGD + Nesterov,
@@ -25,7 +40,6 @@ instead of summing them with weight 1.
 Smoke test: `--config=configs/multitask_fashion_mnist.py:smoke`, end to end in under a minute.
 """
 
-import importlib.util
 import pathlib
 
 from vision import config as config_lib
@@ -36,11 +50,8 @@ HEADS = {"class": {"source": "label"}, "garment": {"source": f"map:{GARMENT_GROU
 
 def _quickstart(smoke: bool):
   """configs/fashion_mnist.py: the recipe every head count here shares."""
-  path = pathlib.Path(__file__).with_name("fashion_mnist.py")
-  spec = importlib.util.spec_from_file_location("fashion_mnist_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("smoke" if smoke else None)
+  return config_lib.from_file(pathlib.Path(__file__).with_name("fashion_mnist.py"),
+                              "smoke" if smoke else None)
 
 
 def get_config(arg: str | None = None):

@@ -21,10 +21,12 @@ from absl import logging as absl_logging
 
 from vision.config import ConfigError, check_override_keys
 from vision.data.sources import SourceError
+from vision.export.errors import ExportError
 from vision.train.loop import TrainingDiverged
 
-# Mistakes a user can fix; they are reported as one line, without a traceback.
-USER_ERRORS = (ConfigError, SourceError, FileNotFoundError, TrainingDiverged)
+# Mistakes a user can fix, and failures they can route around (a converter's: ExportError says
+# which format, op and what to do); each is reported as one line, without a traceback.
+USER_ERRORS = (ConfigError, SourceError, FileNotFoundError, TrainingDiverged, ExportError)
 
 
 def fail(message: str) -> NoReturn:

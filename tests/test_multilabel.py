@@ -68,6 +68,7 @@ def test_multilabel_training_from_csv(tmp_path):
       val_fraction=0.2, test_fraction=0.2))
   assert report["multi_label"]
   config = tiny_config(f"prepared:{out}", steps=24)
+  config.task.name = "multi_label"  # what 'auto' picks for these data; named, as users may
   config.wandb.mode = "disabled"
   config.train.eval_every_steps = 12
   config.optim.name, config.optim.learning_rate = "adamw", 0.01

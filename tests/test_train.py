@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -103,13 +104,21 @@ def test_idx_run_writes_everything_and_the_clis_read_it(tmp_path, idx_dir):
   assert set(lines[0]["top"][0]) == {"label", "index", "prob"}
 
 
-def test_folder_source_trains_in_process(tmp_path, folder_dir):
+def test_folder_source_trains_in_process(tmp_path, folder_dir, caplog):
+  """A truncated JPEG and macOS `._` files are skipped and counted up front, never met later."""
+  jpeg = io.BytesIO()
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(
+      jpeg, format="JPEG")
+  (folder_dir / "circle" / "broken.jpg").write_bytes(jpeg.getvalue()[:2000])
+  (folder_dir / "square" / "._000.png").write_bytes(b"\0\5\26\7 AppleDouble")
   config = tiny_config(f"folder:{folder_dir}")
   config.data.image_size = 16
   config.data.test_fraction = 0.125
   report = loop.train(config, tmp_path / "run")
   assert report["class_names"] == ["circle", "square", "triangle", "zigzag"]
   assert report["num_examples"] == 12
+  skipped = [r.getMessage() for r in caplog.records if " skipped " in r.getMessage()]
+  assert skipped and "skipped 2 of 98 files (macos-companion: 1, truncated: 1)" in skipped[0]
   card = json.loads((tmp_path / "run/model_card.json").read_text())
   assert card["channels"] == 3 and card["image_size"] == 16 and card["num_classes"] == 4
 

@@ -22,7 +22,7 @@ from vision import config as config_lib
 from vision import parallel, tasks
 from vision.config import ConfigError
 from vision.data import open_from_config
-from vision.models import ModelOptions, create_model
+from vision.models import ModelOptions, create_model, vit
 from vision.train import loop, probe, trainer, transfer
 from vision.train.build import build_model
 from vision.train.step import TrainState
@@ -116,12 +116,46 @@ def test_init_from_mismatched_tensor_is_one_clear_line(idx, model_dir):
   config = config_for(idx, model_dir)
   config.model.widths = (8, 32)
   with pytest.raises(ConfigError, match=r"tensor 'stages.1.conv.kernel' has shape "
-                                        r"\(3, 3, 8, 16\) .* needs \(3, 3, 8, 32\)"):
+                                        r"\(3, 3, 8, 16\) .* needs \(3, 3, 8, 32\).*; this "
+                                        r"config's model differs from that one in model.widths "
+                                        r"\(\(8, 32\) here, \(8, 16\) there\)$"):
     build(config)
   config = config_for(idx, model_dir)
   config.model.name = "resnet18"
   with pytest.raises(ConfigError, match="holds a 'small_cnn' model"):
     build(config)
+
+
+def test_vit_init_from_at_another_image_size_resamples_the_position_embedding(idx, tmp_path):
+  # A ViT-Ti/16 model directory at 224 px (as experiments.import_weights writes a timm
+  # vit_tiny_patch16_224), fine-tuned at 32 px: its 14×14 position grid becomes 2×2.
+  source = create_model("vit_ti16", ModelOptions(num_classes=10, in_channels=3, image_size=224),
+                        rngs=nnx.Rngs(3))
+  card = checkpoint_lib.ModelCard(
+      arch="vit_ti16", num_classes=10, class_names=tuple(map(str, range(10))), image_size=224,
+      channels=3, mean=(0.5,) * 3, std=(0.5,) * 3,
+      model_options={"dtype": "float32", "dropout": 0.0, "drop_path": 0.0, "widths": (32, 64),
+                     "hidden": 128, "stem": "auto"})
+  checkpoint_lib.write_model_dir(tmp_path / "vit224", source, card)
+  config = tiny_config(f"idx:{idx}")
+  config.model.name = "vit_ti16"
+  config.model.init_from = str(tmp_path / "vit224")
+  config.data.image_size, config.data.channels = 32, 3
+  tuned = flat_state(build(config_lib.validate(config)))
+  before = flat_state(source)
+  assert before["pos_embed"].shape == (1, 197, 192) and tuned["pos_embed"].shape == (1, 5, 192)
+  np.testing.assert_allclose(tuned["pos_embed"],
+                             vit.resize_pos_embed(before["pos_embed"], (2, 2)), rtol=1e-6)
+  np.testing.assert_array_equal(tuned["pos_embed"][:, 0], before["pos_embed"][:, 0])  # class token
+  for name in before:
+    if name != "pos_embed" and not name.startswith("head."):
+      np.testing.assert_array_equal(tuned[name], before[name], err_msg=name)
+
+  # What cannot be resampled names its real cause: the input channels here.
+  config.data.channels = 1
+  with pytest.raises(ConfigError, match=r"tensor 'patch_embed.proj.kernel' has shape .*; this "
+                     r"config's model differs from that one in data.channels \(1 here, 3 there\)"):
+    build(config_lib.validate(config))
 
 
 def test_transfer_config_errors(idx, tmp_path):

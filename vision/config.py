@@ -15,6 +15,7 @@ so a typo or a wrong type is one clear line, not a traceback from inside JAX:
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import logging
 import os
@@ -38,14 +39,20 @@ FASHION_MNIST_CLASSES = (
 )
 
 
+# What `wandb.mode` (and $WANDB_MODE) may say; vision/logging.py maps them (and W&B's legacy
+# 'run' and 'dryrun') to W&B's modes.
+WANDB_MODES = ("online", "offline", "disabled")
+_WANDB_ACCEPTED = WANDB_MODES + ("run", "dryrun")
+
+
 def defaults() -> ml_collections.ConfigDict:
   """Every key a config may set, with its default value and type."""
   c = ml_collections.ConfigDict()
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  # `idx:PATH`, `folder:PATH`, `tfds:NAME` or `prepared:DIR` (experiments.prepare);
-  # see vision/data/sources.py.
+  # `idx:PATH`, `folder:PATH`, `csv:FILE`, `labelstudio:FILE`, `tfds:NAME` or
+  # `prepared:DIR` (experiments.prepare); see vision/data/sources.py.
   c.data.source = f"idx:{DEBIAN_FASHION_MNIST}"
   c.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)
   c.data.train_split = "train"
@@ -58,7 +65,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.test_fraction = 0.1
   # Seed of the carved splits; fixed apart from `seed` so runs share one split.
   c.data.split_seed = 0
-  # Names for sources that carry none (IDX files); others give their own.
+  # Names for sources that carry none (IDX files). Folder/CSV/Label Studio sources: when set,
+  # the class order, and every label in the data must be one of them; others give their own.
   c.data.class_names = ml_collections.config_dict.placeholder(tuple)
   # Input size the model sees; None keeps the source's size (must be uniform).
   c.data.image_size = ml_collections.config_dict.placeholder(int)
@@ -143,6 +151,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2
   # The validation metric that picks the best checkpoint.
   c.train.best_metric = "val/accuracy"
+  # Early stopping (vision/train/early_stopping.py): stop after this many evaluations in a row
+  # without an improvement of best_metric by more than early_stopping_min_delta, then test the
+  # best checkpoint. None trains for the whole schedule.
+  c.train.early_stopping_patience = ml_collections.config_dict.placeholder(int)
+  c.train.early_stopping_min_delta = 0.0
   c.train.label_smoothing = 0.0
   # Imbalance (vision/train/imbalance.py): 'cross_entropy' or 'focal' (softmax focal loss).
   c.train.loss = "cross_entropy"
@@ -245,6 +258,20 @@ def use_fashion_mnist(config: ml_collections.ConfigDict) -> None:
     print(f"{DEBIAN_FASHION_MNIST} not found (Debian package dataset-fashion-mnist); "
           "using TFDS fashion_mnist instead, which downloads it when online", file=sys.stderr)
     config.data.source = "tfds:fashion_mnist"
+
+
+def from_file(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file, as `--config=PATH:ARG` reads it.
+
+      base = config_lib.from_file(pathlib.Path(__file__).with_name("fashion_mnist.py"), "smoke")
+
+  For configs built on another one (a sweep's or a multi-task variant's base recipe).
+  """
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def parse_arg(arg: str | None, **defaults_: Any) -> ml_collections.ConfigDict:
@@ -393,6 +420,7 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f"config key 'train.label_smoothing' must be in [0, 1), got {c.train.label_smoothing}")
   _check_augmentation(c.data)
+  _check_early_stopping(c.train)
   if not c.train.focal_gamma >= 0:
     raise ConfigError(f"config key 'train.focal_gamma' must be >= 0, got {c.train.focal_gamma}")
   if c.train.imbalance_threshold is not None and not c.train.imbalance_threshold >= 1:
@@ -406,8 +434,22 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
   if not 0 <= c.distill.hard_label_weight <= 1:
     raise ConfigError(f"config key 'distill.hard_label_weight' must be in [0, 1], "
                       f"got {c.distill.hard_label_weight}")
+  if c.wandb.mode is not None and c.wandb.mode.strip().lower() not in _WANDB_ACCEPTED:
+    raise ConfigError(f"config key 'wandb.mode' is {c.wandb.mode!r}; expected one of "
+                      f"{', '.join(WANDB_MODES)} (or None: $WANDB_MODE, else online when logged "
+                      "in, else offline)")
   if len(c.data.mean) != len(c.data.std):
     raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
+
+
+def _check_early_stopping(train: ml_collections.ConfigDict) -> None:
+  patience = train.early_stopping_patience
+  if patience is not None and not patience >= 1:
+    raise ConfigError("config key 'train.early_stopping_patience' must be >= 1 (evaluations "
+                      f"without improvement) or None (off), got {patience}")
+  if not train.early_stopping_min_delta >= 0:
+    raise ConfigError("config key 'train.early_stopping_min_delta' must be >= 0, got "
+                      f"{train.early_stopping_min_delta}")
 
 
 def _check_augmentation(data: ml_collections.ConfigDict) -> None:
@@ -475,6 +517,10 @@ def _check_environment(c: ml_collections.ConfigDict) -> None:
           f"config key '{path}'={c[group][key]} is not divisible by the "
           f"{jax.device_count()} devices; use a multiple of {jax.device_count()}")
   check_source_exists(c.data.source)
+  env_mode = os.environ.get("WANDB_MODE")
+  if c.wandb.mode is None and env_mode and env_mode.strip().lower() not in _WANDB_ACCEPTED:
+    raise ConfigError(f"environment variable WANDB_MODE is {env_mode!r}; expected one of "
+                      f"{', '.join(WANDB_MODES)}")
   if c.model.init_from and not os.path.isfile(os.path.join(c.model.init_from, "model_card.json")):
     raise ConfigError(
         f"config key 'model.init_from': {c.model.init_from!r} is not a model directory "
@@ -484,10 +530,12 @@ def _check_environment(c: ml_collections.ConfigDict) -> None:
 def check_source_exists(source: str) -> None:
   """Raises ConfigError unless `source` ('idx:PATH', 'folder:PATH', ...) names existing data."""
   kind, sep, location = source.partition(":")
-  if not sep or kind not in ("idx", "folder", "tfds", "prepared"):
+  if not sep or kind not in ("idx", "folder", "csv", "labelstudio", "tfds", "prepared"):
     raise ConfigError(
         f"config key 'data.source' is {source!r}; expected 'idx:PATH', 'folder:PATH', "
-        "'tfds:NAME' or 'prepared:DIR'")
+        "'csv:FILE', 'labelstudio:FILE', 'tfds:NAME' or 'prepared:DIR'")
+  if kind in ("csv", "labelstudio") and not os.path.isfile(location):
+    raise ConfigError(f"config key 'data.source': file {location!r} does not exist")
   if kind in ("idx", "folder", "prepared") and not os.path.isdir(location):
     hint = ""
     if location == DEBIAN_FASHION_MNIST:
@@ -513,33 +561,25 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
   return flat
 
 
+def changed_keys(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[str]:
+  """The keys of `config` that differ from the earlier run's `workdir/config.json` (read only)."""
+  path = pathlib.Path(workdir) / RESOLVED_CONFIG
+  if not path.exists():
+    return []
+  try:
+    old = _flatten(json.loads(path.read_text()))
+  except json.JSONDecodeError as error:
+    raise ConfigError(f"{path} is not valid JSON ({error}); it was not written by this "
+                      "version of experiments.train: use a new --workdir") from None
+  return sorted(k for k, v in _flatten(config.to_dict()).items() if old.get(k, v) != v)
+
+
 def save_resolved(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[str]:
   """Writes `workdir/config.json`; returns the keys that differ from an earlier run's."""
-  path = pathlib.Path(workdir) / RESOLVED_CONFIG
-  new = config.to_dict()
-  changed = []
-  if path.exists():
-    old = _flatten(json.loads(path.read_text()))
-    changed = sorted(k for k, v in _flatten(new).items() if old.get(k, v) != v)
-  write_text_atomically(path, json.dumps(new, indent=2, default=list))
+  changed = changed_keys(config, workdir)
+  write_text_atomically(pathlib.Path(workdir) / RESOLVED_CONFIG,
+                        json.dumps(config.to_dict(), indent=2, default=list))
   return changed
-
-
-def prepare_workdir(config: ml_collections.ConfigDict,
-                    workdir: str | os.PathLike) -> tuple[ml_collections.ConfigDict, pathlib.Path]:
-  """A trainer's first step: the validated config, and `workdir` created with its config.json.
-
-  A changed config (a resumed run with other keys) is logged as a warning naming the keys.
-  """
-  config = validate(config)
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  if jax.process_index() == 0:
-    changed = save_resolved(config, workdir)
-    if changed:
-      logging.getLogger("vision").warning(
-          "config differs from the earlier run in this workdir: %s", ", ".join(changed))
-  return config, workdir
 
 
 def load_resolved(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -548,5 +588,9 @@ def load_resolved(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   if not path.exists():
     raise ConfigError(f"{path} does not exist: --workdir must be a directory written by "
                       "experiments.train")
-  return validate(ml_collections.ConfigDict(json.loads(path.read_text())),
-                  check_environment=False)
+  try:
+    resolved = json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise ConfigError(f"{path} is not valid JSON ({error}); it was not written by "
+                      "experiments.train (or was damaged)") from None
+  return validate(ml_collections.ConfigDict(resolved), check_environment=False)

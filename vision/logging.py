@@ -302,6 +302,15 @@ def _parse_line(line: str) -> dict | None:
   return obj if isinstance(obj, dict) and isinstance(obj.get("step"), int) else None
 
 
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  """The complete rows of ``workdir/metrics.jsonl``, in order; [] when it does not exist."""
+  path = pathlib.Path(workdir) / METRICS_FILE
+  if not path.exists():
+    return []
+  with open(path, encoding="utf-8") as file:
+    return [row for row in map(_parse_line, file) if row is not None]
+
+
 def _keep_line(line: str, resume_step: int | None) -> bool:
   obj = _parse_line(line)
   return obj is not None and (resume_step is None or obj["step"] <= resume_step)

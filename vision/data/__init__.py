@@ -1,4 +1,4 @@
-"""Data: sources (idx:, folder:, tfds:, prepared:) and the grain pipeline.
+"""Data: sources (idx:, folder:, csv:, labelstudio:, tfds:, prepared:) and the grain pipeline.
 
     dataset, spec = open_from_config(config.data)
     dataset.class_names, len(dataset.split("train")), spec.size

@@ -18,7 +18,7 @@ import numpy as np
 
 from vision.data import prepare as prepare_lib
 from vision.data.sources import (COLUMN_PREFIX, SOURCES, NativeData, NativeSplit, SourceError,
-                                 SplitOptions)
+                                 SplitOptions, multi_hot)
 
 
 class PreparedSource:
@@ -90,12 +90,6 @@ class PreparedSource:
   @property
   def label_lists(self) -> list[list[int]]:
     return self._labels
-
-
-def multi_hot(labels, num_classes: int) -> np.ndarray:
-  vector = np.zeros((num_classes,), np.float32)
-  vector[list(labels)] = 1.0
-  return vector
 
 
 def read_metadata(location: str | pathlib.Path) -> dict:

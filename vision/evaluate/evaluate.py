@@ -33,12 +33,12 @@ from flax import nnx
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from vision import config as config_lib
 from vision import parallel, tasks
 from vision.checkpoint import ModelCard, load_model
 from vision.data import open_from_config
+from vision.data.decode import decode_image
 from vision.data.pipeline import ImageSpec, Normalise, limit_examples, read_batch
 from vision.data.sources import Dataset, RecordSource
 from vision.errors import ConfigError
@@ -56,8 +56,7 @@ def publish(writer, task, report: dict, split: str, step: int,
   writer.write_summary(scalars)
   for key, path in task.plots(pathlib.Path(workdir) / EVAL_DIR / split).items():
     if path.exists():
-      with Image.open(path) as image:
-        writer.write_images(step, {f"{split}/{key}": np.asarray(image.convert("RGB"))})
+      writer.write_images(step, {f"{split}/{key}": decode_image(path)})
   writer.write_tables(step, report_tables(task, report, split))
   return scalars
 

@@ -31,7 +31,7 @@ from PIL import Image
 from vision import tasks
 from vision.checkpoint import load_model
 from vision.data import pipeline
-from vision.data.sources import read_image
+from vision.data.decode import DecodeError, decode_image
 from vision.errors import ConfigError
 from vision.evaluate import saliency
 from vision.evaluate.evaluate import card_spec
@@ -85,9 +85,9 @@ def explain_files(workdir: str | os.PathLike, paths: Sequence[str], *, method: s
   out.mkdir(parents=True, exist_ok=True)
   for path in paths:
     try:
-      image = read_image(path)
-    except (OSError, ValueError) as error:
-      yield {"file": path, "error": f"cannot read image: {error}"}
+      image = decode_image(path)
+    except DecodeError as error:
+      yield {"file": path, "error": error.reason}
       continue
     prepared = pipeline.prepare_image(image, spec)
     normalised = pipeline.Normalise(spec).map({"image": prepared[None]})["image"]

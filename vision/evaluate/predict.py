@@ -24,12 +24,17 @@ import numpy as np
 from vision import parallel, tasks
 from vision.checkpoint import load_model
 from vision.data import pipeline
-from vision.data.sources import read_image
+from vision.data.decode import DecodeError, decode_image
 from vision.evaluate import saliency
 from vision.evaluate import tta as tta_lib
 from vision.evaluate.evaluate import card_spec, compiled_predict
 
 _CHUNK = 32
+
+
+def model_input(path: str | os.PathLike, spec: pipeline.ImageSpec) -> np.ndarray:
+  """An image file as the model sees it: decoded (vision/data/decode.py), sized, channels."""
+  return pipeline.prepare_image(decode_image(path), spec)
 
 
 def predict_files(workdir: str | os.PathLike, paths: Sequence[str], *, k: int = 5,
@@ -54,9 +59,9 @@ def predict_files(workdir: str | os.PathLike, paths: Sequence[str], *, k: int = 
     images, errors = [], {}
     for path in chunk:
       try:
-        images.append(pipeline.prepare_image(read_image(path), spec))
-      except (OSError, ValueError) as error:
-        errors[path] = f"cannot read image: {error}"
+        images.append(model_input(path, spec))
+      except DecodeError as error:
+        errors[path] = error.reason
     probs = []
     if images:
       batch = pipeline.pad_batch({"image": np.stack(images),

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import pathlib
+import tempfile
 
 import numpy as np
 
-from vision.checkpoint import load_model
 from vision.errors import ConfigError
 from vision.export import export as export_lib
 from vision.export.latency import DEFAULT_REPEATS, interleaved_latency_ms
@@ -38,21 +38,27 @@ def compare_latency(workdir: str | os.PathLike, out: str | os.PathLike, *,
     raise ConfigError(f"--formats: {', '.join(sorted(unknown))} has no int8 export; "
                       "choose from tflite, onnx")
   rows, predicts = [], {}
-  for fmt in formats:
-    for int8 in (False, True):
-      directory = out / f"{fmt}{'_int8' if int8 else ''}"
-      report = export_lib.export_workdir(workdir, fmt, directory, int8=int8,
-                                         max_examples=max_examples, latency_repeats=1)
-      if not rows:
-        model, card = load_model(workdir)
-        predicts["jax"] = export_lib.jax_logits_function(model, card)
-        rows.append({"runtime": "JAX (XLA:CPU, jit)", "precision": "fp32", "key": "jax",
-                     "accuracy": report["accuracy_jax"], "size_bytes": report["size_bytes_jax"]})
-      predicts[directory.name] = load_exported(directory, threads=threads).predict
-      rows.append({"runtime": export_lib.RUNTIMES[fmt], "precision": "int8" if int8 else "fp32",
-                   "key": directory.name, "accuracy": report["accuracy_exported"],
-                   "size_bytes": report["size_bytes"], "top1_agreement": report["top1_agreement"],
-                   "max_abs_logit_diff": report["max_abs_logit_diff"]})
+  with tempfile.TemporaryDirectory() as scratch:
+    # One source for every export: the model is loaded, and converted to SavedModel and fp32
+    # TFLite, once.
+    source = export_lib.ExportSource.open(workdir, pathlib.Path(scratch),
+                                          max_examples=max_examples)
+    card = source.card
+    predicts["jax"] = export_lib.jax_logits_function(source.model, card)
+    for fmt in formats:
+      for int8 in (False, True):
+        directory = out / f"{fmt}{'_int8' if int8 else ''}"
+        report = export_lib.export_from(source, fmt, directory, int8=int8, latency_repeats=1)
+        if not rows:
+          rows.append({"runtime": "JAX (XLA:CPU, jit)", "precision": "fp32", "key": "jax",
+                       "accuracy": report["accuracy_jax"],
+                       "size_bytes": report["size_bytes_jax"]})
+        predicts[directory.name] = load_exported(directory, threads=threads).predict
+        rows.append({"runtime": export_lib.RUNTIMES[fmt], "precision": "int8" if int8 else "fp32",
+                     "key": directory.name, "accuracy": report["accuracy_exported"],
+                     "size_bytes": report["size_bytes"],
+                     "top1_agreement": report["top1_agreement"],
+                     "max_abs_logit_diff": report["max_abs_logit_diff"]})
   image = np.random.default_rng(0).integers(
       0, 256, (1, card.image_size, card.image_size, card.channels), dtype=np.uint8)
   latencies = interleaved_latency_ms(predicts, image, repeats=repeats)

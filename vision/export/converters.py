@@ -4,6 +4,7 @@
     write_saved_model(serving, out / "saved_model")
     write_tflite(out / "saved_model", out / "model.tflite", calibration=None)
     write_onnx(out / "model.tflite", out / "model.onnx")
+    made = Intermediates(serving, scratch_dir)   # made.saved_model(), made.tflite(): once each
 
 Routes (each measured to match JAX on this stack, see README "Export"):
   * StableHLO: `jax.export` with a symbolic batch dimension, serialized bytes.
@@ -13,26 +14,30 @@ Routes (each measured to match JAX on this stack, see README "Export"):
     post-training quantization calibrated by a representative dataset of
     training images (uint8 in, float32 out, int8 weights and activations).
   * ONNX: `tf2onnx` from the TFLite file (tf2onnx cannot read jax2tf
-    SavedModels: their `XlaCallModule` op has no ONNX handler). int8 ONNX
+    SavedModels: their `XlaCallModule` op has no ONNX handler), with the
+    corrections in `vision.export.tf2onnx_fixes`. int8 ONNX
     comes from static quantization of the fp32 ONNX model by ONNX Runtime
     (QDQ, per-channel weights) with the same calibration images.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import multiprocessing
 import os
 import pathlib
 import tempfile
-import warnings
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import jax
 import numpy as np
 
+from vision.export import tf2onnx_fixes
 from vision.export.serving import INPUT_NAME, ServingFunction
 
 ONNX_OPSET = 17
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -68,10 +73,52 @@ def write_saved_model(serving: ServingFunction, path: pathlib.Path) -> None:
   tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
 
 
+class Intermediates:
+  """The SavedModel and fp32 TFLite file that TFLite and ONNX exports are converted from.
+
+  Each is made on first use in `directory` and then reused, so that exporting
+  one model to several formats (and precisions) converts it once.
+  """
+
+  def __init__(self, serving: ServingFunction, directory: pathlib.Path):
+    self._serving, self._directory = serving, pathlib.Path(directory)
+
+  def saved_model(self) -> pathlib.Path:
+    path = self._directory / "saved_model"
+    if not path.exists():
+      write_saved_model(self._serving, path)
+    return path
+
+  def tflite(self) -> pathlib.Path:
+    """The fp32 TFLite file."""
+    path = self._directory / "model.tflite"
+    if not path.exists():
+      write_tflite(self.saved_model(), path)
+    return path
+
+
 def calibration_batches(images: np.ndarray) -> Iterator[list[np.ndarray]]:
   """The representative dataset TFLite's converter asks for: one image per step."""
   for image in images:
     yield [image[None]]
+
+
+def run_isolated(what: str, function: Callable[..., T], *args: Any) -> T:
+  """`function(*args)` in a fresh child process; a crash of the child raises RuntimeError.
+
+  `what` names the work in that error ("the TFLite int8 converter").
+
+  For converter code that can kill the process (a segmentation fault in the TFLite
+  converter's C++ quantizer, seen on EfficientNet-B0), so that the export ends with
+  one error line instead of a dead process. `function` must be importable by name.
+  """
+  spawn = multiprocessing.get_context("spawn")  # no fork of a process running XLA threads
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+    try:
+      return pool.submit(function, *args).result()
+    except concurrent.futures.process.BrokenProcessPool:
+      raise RuntimeError(f"{what} crashed: its process died (a fault in its native code, not "
+                         "in the model)") from None
 
 
 def write_tflite(saved_model: pathlib.Path, path: pathlib.Path, *,
@@ -80,7 +127,17 @@ def write_tflite(saved_model: pathlib.Path, path: pathlib.Path, *,
 
   Returns how it was quantized: "none", "full_integer" (every op int8), or
   "integer_with_float_fallback" when some op has no int8 kernel and stays float.
+  The int8 conversion runs in a child process (`run_isolated`): its quantizer
+  has crashed the whole process.
   """
+  if calibration is None:
+    return _write_tflite_here(saved_model, path, None)
+  return run_isolated("the TFLite int8 converter", _write_tflite_here, saved_model, path,
+                      calibration)
+
+
+def _write_tflite_here(saved_model: pathlib.Path, path: pathlib.Path,
+                       calibration: np.ndarray | None) -> str:
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
   def converter(ops):
@@ -124,16 +181,12 @@ def write_onnx(tflite: pathlib.Path, path: pathlib.Path,
   """tf2onnx from the TFLite file; input `images`, outputs `output_names` in that order."""
   import onnx  # pylint: disable=import-outside-toplevel
   from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
-  import tf2onnx  # pylint: disable=import-outside-toplevel
 
   # The TFLite signature maps our names to the converter's tensor names.
   runner = Interpreter(model_path=str(tflite)).get_signature_runner("serving_default")
   renames = {details["name"]: name for name, details in
              {**runner.get_input_details(), **runner.get_output_details()}.items()}
-  with warnings.catch_warnings():
-    # tf2onnx reads the file with tf.lite.Interpreter, which warns that LiteRT replaces it.
-    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-    model, _ = tf2onnx.convert.from_tflite(str(tflite), opset=ONNX_OPSET)
+  model = tf2onnx_fixes.tflite_to_onnx(tflite, opset=ONNX_OPSET)
   _name_tensors(model, renames, output_names)
   onnx.checker.check_model(model)
   onnx.save(model, str(path))

@@ -9,6 +9,7 @@ The comparison table of every runtime is `vision.export.compare`.
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from typing import Any, Callable
 

@@ -347,8 +347,9 @@ def create_app(options: ServeOptions) -> fastapi.FastAPI:
                          f"{options.limits.max_images} (--max_images)")
     state = states[version or router.pick()]
     spec = state.model.spec
-    decoded = await run_in_threadpool(lambda: [image_io.decode_image(
+    decoded = await run_in_threadpool(lambda: [image_io.decode_upload(
         data, options.limits, height=spec.height, width=spec.width, channels=spec.channels,
+        resize_size=spec.resize_size, interpolation=spec.interpolation,
         where=name) for name, data in encoded])
     outputs = await asyncio.gather(
         *(asyncio.wrap_future(state.batcher.submit(image)) for image in decoded))

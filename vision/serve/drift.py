@@ -64,7 +64,8 @@ def reference_images(model: ServedModel, source: str, split: str, *, limit: int 
   raw = read(indices)[0] if read else [records[int(i)]["image"] for i in indices]
   spec = model.spec
   return np.stack([to_model_input(_rgb(image), height=spec.height, width=spec.width,
-                                  channels=spec.channels) for image in raw])
+                                  channels=spec.channels, resize_size=spec.resize_size,
+                                  interpolation=spec.interpolation) for image in raw])
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:

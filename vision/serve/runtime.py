@@ -47,6 +47,9 @@ class ExportSpec:
   width: int
   channels: int
   int8: bool = False
+  # Evaluation resizing (model card): shorter side to resize_size, then the centre crop.
+  resize_size: int | None = None
+  interpolation: str = "bilinear"
   task: Any = None  # vision.tasks: what the outputs mean
 
 
@@ -66,6 +69,8 @@ def read_spec(directory: str | pathlib.Path) -> ExportSpec:
         version=str(meta.get("version") or directory.name), arch=str(meta.get("arch", "")),
         class_names=tuple(task.primary[1]), height=int(shape["height"]),
         width=int(shape["width"]), channels=int(shape["channels"]), int8=bool(meta.get("int8")),
+        resize_size=_optional_int(meta.get("preprocessing", {}).get("resize_size")),
+        interpolation=str(meta.get("preprocessing", {}).get("interpolation", "bilinear")),
         task=task)
     model_file = directory / str(meta["model_file"])
   except (ValueError, KeyError, TypeError) as error:
@@ -76,6 +81,10 @@ def read_spec(directory: str | pathlib.Path) -> ExportSpec:
   if not model_file.exists():
     raise ExportError(f"{model_file} (model_file in {path}) does not exist")
   return spec
+
+
+def _optional_int(value) -> int | None:
+  return None if value is None else int(value)
 
 
 @dataclasses.dataclass

@@ -31,7 +31,7 @@ def build_model(config: ml_collections.ConfigDict, task,
       widths=tuple(config.model.widths), hidden=config.model.hidden, stem=config.model.stem,
       conv_impl=config.model.conv_impl, uncertainty_weights=task.uncertainty_weights)
   model = create_model(config.model.name, options, rngs=nnx.Rngs(config.seed))
-  transfer.maybe_load_pretrained(config, model)
+  transfer.maybe_load_pretrained(config, model, options)
   model_options = {k: v for k, v in dataclasses.asdict(options).items()
                    if k not in ("num_classes", "in_channels", "image_size", "conv_impl")}
   card = ModelCard(

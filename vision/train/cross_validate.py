@@ -87,6 +87,11 @@ def confidence_interval(values: list[float], level: float = 0.95) -> float:
 
 def fold_indices(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
   _, counts = np.unique(labels, return_counts=True)
+  if counts.max() < folds:  # scikit-learn's StratifiedKFold raises a ValueError here
+    largest = int(counts.max())
+    raise ConfigError(f"--folds={folds} is more than the largest class's {largest} examples; "
+                      + (f"use --folds={largest} or fewer" if largest >= 2 else
+                         "cross-validation needs a class with at least 2"))
   if counts.min() < folds:
     log.warning("a class has %d examples, fewer than %d folds: folds are not fully stratified",
                 counts.min(), folds)

@@ -33,7 +33,7 @@ from vision.data import augment, open_from_config, pipeline
 from vision.data.sources import Dataset, RecordSource
 from vision.evaluate import evaluate as evaluate_lib
 from vision.evaluate.inference import predict_split
-from vision.train import distill, optim, transfer
+from vision.train import distill, early_stopping, optim, resume, transfer
 from vision.train.build import build_model
 from vision.train.metrics import create_writer, mean_metrics
 from vision.train.progress import Progress
@@ -73,6 +73,7 @@ class Run:
   task: object  # vision.tasks: classification, multi_label, multi_task
   # The teacher of a distillation run (config.distill.teachers), else None.
   distiller: distill.Distiller | None = None
+  dataset: Dataset | None = None  # every split, for the resume's split fingerprints
 
 
 def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
@@ -113,7 +114,7 @@ def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   checkpoints = checkpoint_lib.Checkpoints(
       workdir, keep=config.train.keep_checkpoints, best_metric=card.best_metric)
   return Run(config, workdir, schedule, spec, card, val_records, mesh, steps, lr_schedule,
-             train_iter, checkpoints, task, distiller)
+             train_iter, checkpoints, task, distiller, dataset)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
@@ -124,17 +125,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   `transfer.mode='linear_probe'` trains the head through the frozen backbone here;
   `vision.train.trainer.train` sends it to the cached-feature probe instead.
   """
-  config, workdir = config_lib.prepare_workdir(config, workdir)
+  config = config_lib.validate(config)
+  workdir = pathlib.Path(workdir)
   run = assemble(config, workdir, dataset)
-  if parallel.is_main_process():
-    run.card.write(workdir)
-  state, start_step = run.steps.state, run.checkpoints.latest_step() or 0
+  # Nothing in the workdir is written before it is known to fit this config.
+  state, start_step = resume.restore_latest(config, workdir, run.checkpoints, run.steps.state,
+                                            run.train_iter, run.dataset)
+  resume.record_run(config, workdir, run.card, run.dataset, start_step)
   if start_step:
-    state = run.checkpoints.restore(start_step, state, run.train_iter)
     log.info("resumed from step %d of %d", start_step, run.schedule.total_steps)
   writer = create_writer(config, workdir, start_step)
+  stopper = early_stopping.EarlyStopping.resume(config.train, run.checkpoints, workdir, start_step)
   try:
-    _train_steps(run, state, start_step, writer)
+    if not stopper.stopped:
+      _train_steps(run, state, start_step, writer, stopper)
+    stopper.finish(workdir)
     run.checkpoints.close()
     return _final_test(run, writer) if final_test else {}
   finally:
@@ -142,7 +147,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     writer.close()
 
 
-def _train_steps(run: Run, state: TrainState, start_step: int, writer) -> TrainState:
+def _train_steps(run: Run, state: TrainState, start_step: int, writer,
+                 stopper: early_stopping.EarlyStopping) -> TrainState:
   schedule, config = run.schedule, run.config
   rng = parallel.replicate(jax.random.key(config.seed), run.mesh)
   block_each_step = parallel.must_block_each_step()
@@ -172,6 +178,8 @@ def _train_steps(run: Run, state: TrainState, start_step: int, writer) -> TrainS
       with progress.paused():
         run.checkpoints.save(step, state, run.train_iter, metrics=scalars)
         last_checkpoint = step
+    if stopper.update(step, scalars):
+      break
   return state
 
 

@@ -169,7 +169,8 @@ def _probabilities(task, head: Head, params, features: np.ndarray) -> np.ndarray
 
 def train_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
   """Trains the head of `model.init_from`'s backbone on cached features; returns the test report."""
-  config, workdir = config_lib.prepare_workdir(config, workdir)
+  config = config_lib.validate(config)
+  workdir = pathlib.Path(workdir)
   dataset, spec = open_from_config(config.data)
   splits = {
       config.data.train_split: pipeline.limit_examples(
@@ -182,24 +183,28 @@ def train_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -
   model, card = build_model(config, task, spec)
   card = dataclasses.replace(card, best_metric=task.best_metric(
       config.train, splits[config.data.train_split]))
-  if parallel.is_main_process():
-    card.write(workdir)
-  mesh = parallel.make_mesh()
   backbone = backbone_fingerprint(model)
+  fingerprints = {split: hashlib.sha256(
+      (backbone + data_fingerprint(config.data, split, records)).encode()).hexdigest()
+                  for split, records in splits.items()}
+  checkpoints = checkpoint_lib.Checkpoints(
+      workdir, keep=config.train.keep_checkpoints, best_metric=card.best_metric)
+  # Judged before anything is written: a refused workdir stays as it was.
+  _refuse_stale_checkpoints(workdir, checkpoints, fingerprints)
+  if parallel.is_main_process():
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_lib.save_resolved(config, workdir)
+    card.write(workdir)
+    _write_fingerprints(workdir, fingerprints)
+  mesh = parallel.make_mesh()
   features_fn = compiled_features(model, mesh)
-  cache, fingerprints = {}, {}
+  cache = {}
   for split, records in splits.items():
-    fingerprints[split] = hashlib.sha256(
-        (backbone + data_fingerprint(config.data, split, records)).encode()).hexdigest()
     features, fields, _ = cached_features(
         workdir, split, records, spec, features_fn=features_fn,
         fingerprint=fingerprints[split], mesh=mesh, worker_count=config.data.worker_count,
         batch_size=evaluate_lib.eval_batch_size(config.train.eval_batch_size))
     cache[split] = (features, fields)
-
-  checkpoints = checkpoint_lib.Checkpoints(
-      workdir, keep=config.train.keep_checkpoints, best_metric=card.best_metric)
-  _refuse_stale_checkpoints(workdir, checkpoints, fingerprints)
   writer = create_writer(config, workdir, 0)
   try:
     head, params, schedule = _train_head(config, model, task, cache, checkpoints, workdir,
@@ -231,9 +236,12 @@ def _refuse_stale_checkpoints(workdir: pathlib.Path, checkpoints: checkpoint_lib
       raise ConfigError(
           f"{workdir} holds a linear probe trained on other features (the data or "
           "model.init_from changed); use a new --workdir")
-  if parallel.is_main_process():
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, json.dumps(fingerprints, indent=2))
+
+
+def _write_fingerprints(workdir: pathlib.Path, fingerprints: dict[str, str]) -> None:
+  path = workdir / FEATURES_DIR / PROBE_FINGERPRINT
+  path.parent.mkdir(parents=True, exist_ok=True)
+  write_text_atomically(path, json.dumps(fingerprints, indent=2))
 
 
 def _train_head(config, model, task, cache, checkpoints, workdir, train_records, spec, writer):

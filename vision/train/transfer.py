@@ -38,10 +38,12 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
-from vision.checkpoint import load_model, without_rng
+from vision.checkpoint import MODEL_CARD, load_model, without_rng
 from vision.config import ConfigError
+from vision.models import vit
 from vision.train import optim
 from vision.train.step import Steps
 
@@ -64,13 +66,48 @@ def is_head(name: str) -> bool:
   return name == HEAD or name.startswith(HEAD + ".")
 
 
+def _resampled(model: nnx.Module, name: str, value: Any, shape: tuple) -> Any | None:
+  """`value` resampled to `shape` where the tensor depends on the input size, else None.
+
+  A ViT's position embedding follows the patch grid: fine-tuning at another image
+  size resamples it bicubically, as timm's `resample_abs_pos_embed` does on load.
+  """
+  if isinstance(model, vit.VisionTransformer) and name == "pos_embed":
+    resized = vit.resize_pos_embed(value, model.grid)
+    return resized if tuple(resized.shape) == tuple(shape) else None
+  return None
+
+
+# Model options that change no parameter's shape.
+_SHAPELESS_OPTIONS = ("dtype", "dropout", "drop_path", "conv_impl")
+
+
+def _mismatch_causes(card, options) -> list[str]:
+  """The settings in which this config's model differs from the one in `directory`."""
+  causes = []
+  if options is None:
+    return causes
+  if card.channels != options.in_channels:
+    causes.append(f"data.channels ({options.in_channels} here, {card.channels} there)")
+  for key, there in sorted(card.model_options.items()):
+    here = getattr(options, key, there)
+    if key not in _SHAPELESS_OPTIONS and tuple(np.ravel(here)) != tuple(np.ravel(there)):
+      causes.append(f"model.{key} ({here} here, {there} there)")
+  if card.image_size != options.image_size:
+    causes.append(f"data.image_size ({options.image_size} here, {card.image_size} there; this "
+                  f"family's parameters depend on the input size)")
+  return causes
+
+
 def load_pretrained(model: nnx.Module, directory: str | os.PathLike, *, arch: str,
-                    reset_head: bool = False) -> None:
+                    reset_head: bool = False, options=None) -> None:
   """Copies the parameters of the model directory `directory` into `model` (in place).
 
   The head keeps its fresh initialisation when `reset_head` is set or when the
-  number of classes differs; any other missing or differently shaped tensor is
-  a ConfigError naming it.
+  number of classes differs; a ViT's position embedding is resampled to this
+  model's patch grid (another image size). Any other missing or differently
+  shaped tensor is a ConfigError naming it and, from `options` (the target's
+  ModelOptions), the config keys in which the two models differ.
   """
   directory = pathlib.Path(directory)
   try:
@@ -85,7 +122,7 @@ def load_pretrained(model: nnx.Module, directory: str | os.PathLike, *, arch: st
   target_state = nnx.state(model)
   target = flatten(without_rng(target_state))
   new_head = reset_head or card.num_classes != model.head.out_features
-  merged, mismatched = {}, []
+  merged, mismatched, resampled = {}, [], []
   groups = model.layer_groups()
   # Input side first, so the error names the first tensor that differs.
   for name in sorted(target, key=lambda n: group_index(n, groups)):
@@ -95,15 +132,25 @@ def load_pretrained(model: nnx.Module, directory: str | os.PathLike, *, arch: st
     elif name not in source_params:
       mismatched.append(f"tensor '{name}' is missing from {directory}")
     elif source_params[name].shape != value.shape:
-      mismatched.append(
-          f"tensor '{name}' has shape {tuple(source_params[name].shape)} in {directory} but "
-          f"this config's model needs {tuple(value.shape)}")
+      adapted = _resampled(model, name, source_params[name], value.shape)
+      if adapted is None:
+        mismatched.append(
+            f"tensor '{name}' has shape {tuple(source_params[name].shape)} in {directory} but "
+            f"this config's model needs {tuple(value.shape)}")
+      else:
+        merged[name] = jnp.asarray(adapted, value.dtype)
+        resampled.append(f"{name} {tuple(source_params[name].shape)} -> {tuple(value.shape)}")
     else:
       merged[name] = jnp.asarray(source_params[name], value.dtype)
   if mismatched:
     more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
-    raise ConfigError(f"config key 'model.init_from': {mismatched[0]}{more}; check "
-                      "data.channels and the model.* options against its model_card.json")
+    causes = _mismatch_causes(card, options)
+    because = (f"this config's model differs from that one in {'; '.join(causes)}"
+               if causes else f"its {MODEL_CARD} describes a model of the same options, so "
+               "its checkpoint and card disagree")
+    raise ConfigError(f"config key 'model.init_from': {mismatched[0]}{more}; {because}")
+  if resampled:
+    log.info("init_from %s: resampled %s to this image size", directory, ", ".join(resampled))
   restored = traverse_util.unflatten_dict({tuple(_key(k) for k in name.split(".")): v
                                            for name, v in merged.items()})
   nnx.replace_by_pure_dict(target_state, restored)
@@ -117,11 +164,13 @@ def _key(part: str) -> str | int:
   return int(part) if part.isdigit() else part
 
 
-def maybe_load_pretrained(config: ml_collections.ConfigDict, model: nnx.Module) -> None:
-  """Applies `model.init_from` (and `model.reset_head`) when set."""
+def maybe_load_pretrained(config: ml_collections.ConfigDict, model: nnx.Module,
+                          options=None) -> None:
+  """Applies `model.init_from` (and `model.reset_head`) when set; `options`: the model's
+  ModelOptions, which a mismatch error compares with the source's."""
   if config.model.init_from:
     load_pretrained(model, config.model.init_from, arch=config.model.name,
-                    reset_head=config.model.reset_head)
+                    reset_head=config.model.reset_head, options=options)
 
 
 # ------------------------------------------------------------------ layer groups
