@@ -75,7 +75,7 @@ def report_tables(task, report: dict, split: str) -> dict[str, tuple[list[str], 
       rows = [[c] + list(per_class[c].values()) + ([accuracy[c]] if accuracy else [])
               for c in class_names]
       tables[f"{split}/per_class{suffix}"] = (columns, rows)
-    if section.get("most_confused"):
+    if "most_confused" in section:  # logged when empty too: no confusions is a result
       tables[f"{split}/most_confused{suffix}"] = (
           ["true", "predicted", "count"],
           [[p["true"], p["predicted"], p["count"]] for p in section["most_confused"]])

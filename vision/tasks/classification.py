@@ -206,7 +206,7 @@ class Classification(OneOutput):
     directory = pathlib.Path(directory)
     return {"confusion_matrix": directory / report_lib.CONFUSION_MATRIX_FILENAME,
             "reliability": directory / calibration.RELIABILITY_FILENAME,
-            "top_losses": directory / interpret.GALLERY_FILENAME}
+            "top_losses_gallery": directory / interpret.GALLERY_FILENAME}
 
   def scalars(self, report: dict, split: str) -> dict[str, float]:
     """What metrics.jsonl and W&B get: `{split}/accuracy`, `/loss`, `/macro_f1`, `/top5_accuracy`,
