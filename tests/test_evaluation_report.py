@@ -9,9 +9,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import run_module
 import quadrant_data
 import wandb_offline
+from vision import tasks
+from vision.evaluate.evaluate import evaluate_workdir
 from vision.evaluate.predict import predict_files
 
 
@@ -71,20 +72,24 @@ def test_report_html_renders_every_image_in_chromium_without_console_errors(quad
 
 @pytest.mark.slow
 def test_the_report_lands_in_the_runs_wandb_run_as_tables_and_images(quadrant_run):
+  report = json.loads((quadrant_run / "eval/test/report.json").read_text())
   history = wandb_offline.read_history(wandb_offline.wait_for_run_file(quadrant_run))
   logged = {key: value for row in history for key, value in row.items()}
   for key in ("test/per_class", "test/most_confused", "test/top_losses"):
     assert logged[key]["_type"] == "table-file", key
   assert logged["test/per_class"]["nrows"] == 4
-  for key in ("test/confusion_matrix", "test/reliability", "test/top_losses"):
-    assert key in logged
+  # A model without confusions still logs the (empty) table: the key is there in every run.
+  assert logged["test/most_confused"]["nrows"] == len(report["most_confused"])
+  assert logged["test/top_losses"]["nrows"] == len(report["top_losses"]) == 16
+  for key in ("test/confusion_matrix", "test/reliability", "test/top_losses_gallery"):
+    assert logged[key]["_type"] == "image-file", key
   summary = wandb_offline.read_summary(wandb_offline.wait_for_run_file(quadrant_run))
-  assert summary["test/ece_calibrated"] == pytest.approx(json.loads(
-      (quadrant_run / "eval/test/report.json").read_text())["calibration"]["ece_calibrated"])
+  assert summary["test/ece_calibrated"] == pytest.approx(report["calibration"]["ece_calibrated"])
 
 
 @pytest.mark.slow
-def test_evaluate_command_fits_the_temperature_and_averages_tta_views(quadrant_run, tmp_path):
+def test_evaluate_fits_the_temperature_and_averages_tta_views(quadrant_run, tmp_path):
+  """What `experiments.evaluate --tta=flip_crops --fit_temperature` runs, in-process."""
   workdir = tmp_path / "run"
   shutil.copytree(quadrant_run, workdir, ignore=shutil.ignore_patterns("wandb*"))
   card_path = workdir / "model_card.json"
@@ -92,11 +97,11 @@ def test_evaluate_command_fits_the_temperature_and_averages_tta_views(quadrant_r
   fitted = card["task"]["temperature"]
   card["task"]["temperature"] = 1.0
   card_path.write_text(json.dumps(card))
-  result = run_module("experiments.evaluate", f"--workdir={workdir}", "--tta=flip_crops",
-                      "--fit_temperature", extra_env={"WANDB_MODE": "disabled"})
-  assert "ECE:" in result.stdout and "TTA:        flip_crops" in result.stdout
-  report = json.loads((workdir / "eval/test/report.json").read_text())
-  assert report["tta"] == "flip_crops" and report["accuracy"] > 0.9
+  report = evaluate_workdir(workdir, "test", tta="flip_crops", fit_temperature=True)
+  summary = tasks.load(workdir).summary(report)
+  assert "ECE:" in summary and "TTA:        flip_crops" in summary
+  written = json.loads((workdir / "eval/test/report.json").read_text())
+  assert report["tta"] == written["tta"] == "flip_crops" and report["accuracy"] > 0.9
   temperature = json.loads(card_path.read_text())["task"]["temperature"]
   assert temperature == pytest.approx(fitted, rel=1e-4) == report["calibration"]["temperature"]
   assert (workdir / "eval/test/report.html").exists()
