@@ -81,9 +81,10 @@ def report_tables(task, report: dict, split: str) -> dict[str, tuple[list[str], 
           [[p["true"], p["predicted"], p["count"]] for p in section["most_confused"]])
     if section.get("top_losses"):
       columns = ["index", "file", "true", "predicted", "probability", "loss"]
+      # Reports scored without their records (the linear probe's) have positions, not indices.
       tables[f"{split}/top_losses{suffix}"] = (
-          columns, [[e["index"], e.get("file", ""), e["true"], e["predicted"], e["probability"],
-                     e["loss"]] for e in section["top_losses"]])
+          columns, [[e.get("index", e.get("position")), e.get("file", ""), e["true"],
+                     e["predicted"], e["probability"], e["loss"]] for e in section["top_losses"]])
   return tables
 
 
