@@ -25,6 +25,7 @@ the one jitted prediction function.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 from typing import Any, Callable
@@ -168,12 +169,9 @@ class OpenedModel:
   def fit_on_validation(self, *, fit_temperature: bool) -> None:
     """Fits the task on the validation split: the temperature (when asked; written to the
     model card), then the task's own tuning (multi-label thresholds: thresholds.json)."""
-    cache = []
-
+    @functools.cache
     def validation_logits():
-      if not cache:
-        cache.append(self.predict(self.config.data.val_split, lambda logits: logits))
-      return cache[0]
+      return self.predict(self.config.data.val_split, lambda logits: logits)
 
     if fit_temperature:
       self.task = self.task.calibrate(*validation_logits())
@@ -239,7 +237,6 @@ def _write_galleries(opened: OpenedModel, report: dict, evaluated: RecordSource,
     if not losses:
       continue
     images, _ = read_batch(evaluated, np.asarray([e["position"] for e in losses]), spec)
-    maps = None
     targets = np.asarray([outputs.start + class_names.index(e["predicted"]) for e in losses])
     normalised = Normalise(spec).map({"image": images})["image"]
     try:
