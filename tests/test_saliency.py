@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from flax import nnx
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +11,7 @@ from PIL import Image
 import pytest
 from scipy import stats
 
+from conftest import run_module
 import quadrant_data
 from vision.checkpoint import load_model
 from vision.data.pipeline import ImageSpec, prepare_image
@@ -177,3 +180,29 @@ def test_explain_writes_maps_of_each_files_own_size(quadrant_run, tmp_path):
                        out=out, target="diagonal"))
   with pytest.raises(ConfigError, match="share the file stem 'square'"):
     next(explain_files(quadrant_run, ["a/square.png", "b/square.jpg"], method="gradcam", out=out))
+
+
+@pytest.mark.slow
+def test_the_explain_command_prints_json_lines_and_fails_in_one_line(quadrant_run, tmp_path):
+  """`python -m experiments.explain` itself: flags, one JSON line per image, exit statuses."""
+  rng = np.random.default_rng(12)
+  square = rng.integers(0, 50, size=(32, 32), dtype=np.uint8)
+  quadrant_data.place(square, 1, 0, rng)
+  Image.fromarray(square).save(tmp_path / "square.png")
+  (tmp_path / "broken.png").write_bytes(b"not an image")
+  out = tmp_path / "maps"
+  result = run_module("experiments.explain", f"--workdir={quadrant_run}", "--method=gradcam",
+                      f"--out={out}", str(tmp_path / "square.png"), str(tmp_path / "broken.png"),
+                      check=False)
+  assert result.returncode == 1, result.stderr[-2000:]  # an unreadable image: the others still
+  lines = [json.loads(line) for line in result.stdout.splitlines()]
+  assert [line["file"] for line in lines] == [str(tmp_path / "square.png"),
+                                              str(tmp_path / "broken.png")]
+  assert lines[0]["method"] == "gradcam" and "error" in lines[1]
+  assert np.load(out / "square.npy").shape == (32, 32) and (out / "square.png").exists()
+  assert "error: 1 of 2 images could not be read" in result.stderr
+  mistake = run_module("experiments.explain", f"--workdir={quadrant_run}", f"--out={out}",
+                       "--target=zebra", str(tmp_path / "square.png"), check=False)
+  errors = [line for line in mistake.stderr.splitlines() if line.startswith("error:")]
+  assert mistake.returncode == 2 and len(errors) == 1 and "Traceback" not in mistake.stderr
+  assert "--target='zebra' is not a class of this model" in errors[0]
