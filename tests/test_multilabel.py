@@ -80,6 +80,9 @@ def test_multilabel_training_from_csv(tmp_path):
   assert result["macro_avg"]["f1"] > 0.6, result["macro_avg"]
   card = json.loads((tmp_path / "run/model_card.json").read_text())
   assert card["best_metric"] == "val/macro_f1"
+  # A multi-label report: its per-class table in report.html, no softmax calibration.
+  assert result["tta"] == "none" and "calibration" not in result
+  assert "average_precision" in (tmp_path / "run/eval/test/report.html").read_text()
   metrics = [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
   assert any("val/mAP" in m for m in metrics)
   # experiments.evaluate's code scores the directory again: the same thresholds and report.

@@ -148,7 +148,7 @@ def test_a_task_round_trips_through_json_and_answers_per_head():
                                ("tags", MultiLabel(("p", "q")), 2.0)], "uncertainty")
   again = tasks.from_json(json.loads(json.dumps(task.to_json())))
   assert again == task and again.num_outputs == 6 and again.output_names == (
-      "logits_cls", "logits_tags")
+      "logits_cls", "logits_tags", "probabilities_cls", "probabilities_tags")
   logits = np.array([[4.0, 0.0, 0.0, 0.0, 3.0, -3.0]], np.float32)
   probs = task.probabilities(logits)
   assert probs[0, :4].sum() == pytest.approx(1.0) and probs[0, 4] > 0.9 > 0.1 > probs[0, 5]
@@ -214,6 +214,14 @@ def test_multi_task_run_reports_and_logs_every_head(multitask_run):
   card = json.loads((workdir / "model_card.json").read_text())
   assert card["best_metric"] == "val/accuracy/mean" and card["num_classes"] == 4 + 2 + 2
   assert card["model_options"]["uncertainty_weights"] == 3
+  # Each single-label head reports through its task: its own temperature, analysis and gallery.
+  for head in HEADS:
+    fit = report["tasks"][head]["calibration"]
+    assert fit["temperature"] == card["task"]["heads"][head]["temperature"] > 0
+    assert report["tasks"][head]["tta"] == "none" and report["tasks"][head]["top_losses"]
+    assert (workdir / f"eval/test/{head}/top_losses.png").stat().st_size > 1000
+  page = (workdir / "eval/test/report.html").read_text()
+  assert all(f"Head {head}" in page for head in HEADS)
 
   metrics = read_metrics(workdir)
   keys = set().union(*metrics)
@@ -261,14 +269,15 @@ def test_multi_task_exports_one_output_per_head_and_serves_per_head(multitask_ru
   from vision.export import export_workdir, load_exported  # pylint: disable=import-outside-toplevel
   from vision.serve.app import ServeOptions, create_app  # pylint: disable=import-outside-toplevel
   workdir = multitask_run.workdir
-  outputs = ["logits_cls", "logits_lr", "logits_side", "embedding"]  # heads sorted by name
+  outputs = ["logits_cls", "logits_lr", "logits_side", "probabilities_cls", "probabilities_lr",
+             "probabilities_side", "embedding"]  # heads sorted by name
   rng = np.random.default_rng(3)
   images = np.stack([np.repeat(class_pattern(i % 4, rng)[..., None], 3, -1) for i in range(5)])
   for fmt in ("onnx", "tflite"):
     report = export_workdir(workdir, fmt, tmp_path / fmt, max_examples=16, latency_repeats=1)
     info = json.loads((tmp_path / fmt / "export.json").read_text())
     assert info["outputs"] == outputs and info["task"]["name"] == "multi_task"
-    assert set(report["heads"]) == set(outputs[:3]) and report["passed"]
+    assert set(report["heads"]) == set(outputs[:6]) and report["passed"]
     for head in report["heads"].values():
       assert head["top1_agreement"] >= 0.999 and head["max_abs_logit_diff"] < 1e-3
     produced = load_exported(tmp_path / fmt).predict(images)

@@ -332,6 +332,9 @@ def test_linear_probe_run_is_a_model_directory_and_reuses_its_cache(idx, model_d
   # The directory is an ordinary model directory: evaluate_workdir runs the full model.
   from vision.evaluate.evaluate import evaluate_workdir  # pylint: disable=import-outside-toplevel
   assert evaluate_workdir(workdir, "test")["accuracy"] == pytest.approx(report["accuracy"])
+  # The temperature is fitted on validation at the end of the probe too, into the model card.
+  fitted = json.loads((workdir / "model_card.json").read_text())["task"]["temperature"]
+  assert report["calibration"]["temperature"] == fitted != 1.0
   model, card = checkpoint_lib.load_model(workdir)
   source = flat_state(checkpoint_lib.load_model(model_dir)[0])
   np.testing.assert_array_equal(flat_state(model)["stages.0.conv.kernel"],

@@ -75,6 +75,18 @@ def _match_channels(image: np.ndarray, channels: int) -> np.ndarray:
 _FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
+def resize_crop_geometry(height: int, width: int, size: int,
+                         resize_size: int | None = None) -> tuple[int, int, int, int]:
+  """(resized height, resized width, crop top, crop left) of `resize_and_center_crop`."""
+  resize_size = resize_size or size
+  if (height, width) == (size, size) and resize_size == size:
+    return height, width, 0, 0
+  short, long = min(height, width), max(height, width)
+  new_short, new_long = resize_size, int(resize_size * long / short)
+  new_h, new_w = (new_short, new_long) if height <= width else (new_long, new_short)
+  return new_h, new_w, int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+
+
 def resize_and_center_crop(image: np.ndarray, size: int, resize_size: int | None = None,
                            interpolation: str = "bilinear") -> np.ndarray:
   """Resizes the shorter side to `resize_size` (default `size`), then crops the centre square.
@@ -83,19 +95,15 @@ def resize_and_center_crop(image: np.ndarray, size: int, resize_size: int | None
   PIL image, so pretrained models see exactly what they saw in PyTorch.
   """
   height, width = image.shape[:2]
-  resize_size = resize_size or size
-  if (height, width) == (size, size) and resize_size == size:
+  if (height, width) == (size, size) and (resize_size or size) == size:
     return image
-  short, long = min(height, width), max(height, width)
-  new_short, new_long = resize_size, int(resize_size * long / short)
-  new_h, new_w = (new_short, new_long) if height <= width else (new_long, new_short)
+  new_h, new_w, top, left = resize_crop_geometry(height, width, size, resize_size)
   pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
   if (new_h, new_w) != (height, width):
     pil = pil.resize((new_w, new_h), _FILTERS[interpolation])
   resized = np.asarray(pil)
   if resized.ndim == 2:
     resized = resized[..., None]
-  top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
   return resized[top:top + size, left:left + size]
 
 

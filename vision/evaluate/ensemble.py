@@ -60,7 +60,8 @@ def _row(name: str, task, report: dict) -> dict:
 
 
 def evaluate_ensemble(workdirs: Sequence[str | os.PathLike], split: str = "test", *,
-                      which: str = "best", output_dir: str | os.PathLike | None = None) -> dict:
+                      which: str = "best", output_dir: str | os.PathLike | None = None,
+                      tta: str = "none") -> dict:
   """Scores each member and the mean of their probabilities on `split`.
 
   Returns {"split", "workdirs", "members": [row, ...], "ensemble": row, "report": report}
@@ -68,7 +69,7 @@ def evaluate_ensemble(workdirs: Sequence[str | os.PathLike], split: str = "test"
   """
   if len(workdirs) < 2:
     raise ConfigError("an ensemble needs at least two --workdir values")
-  predictions = [predict_workdir(workdir, split, which=which) for workdir in workdirs]
+  predictions = [predict_workdir(workdir, split, which=which, tta=tta) for workdir in workdirs]
   check_compatible([card for _, _, card in predictions], workdirs)
   labels = predictions[0][0]
   for (other, probs, _), workdir in zip(predictions[1:], workdirs[1:]):
@@ -82,7 +83,9 @@ def evaluate_ensemble(workdirs: Sequence[str | os.PathLike], split: str = "test"
   mean_probs = np.mean([probs for _, probs, _ in predictions], axis=0)
   members = [_row(str(workdir), task, task.report(labels, probs))
              for workdir, (_, probs, _) in zip(workdirs, predictions)]
-  report = task.report(labels, mean_probs)
+  # The members' probabilities are each at its own temperature; the mean has none of its own.
+  report = task.uncalibrated().report(labels, mean_probs)
+  report["tta"] = tta
   result = {"split": split, "workdirs": [str(w) for w in workdirs], "members": members,
             "ensemble": _row("ensemble", task, report), "report": report}
   output_dir = pathlib.Path(output_dir or pathlib.Path(workdirs[0]) / EVAL_DIR / "ensemble" / split)

@@ -33,7 +33,7 @@ def predict_split(predict: Callable[[dict], jax.Array], records: RecordSource,
 
   `targets(host_batch)` picks what to collect from each batch's labels (an array
   [B, ...] or a dict of them; default: the integer labels [B]); `predict` gives
-  the outputs, usually class probabilities [B, C]. `batch_size` is global; each
+  the outputs, usually class probabilities [B, C] (or a dict of such arrays). `batch_size` is global; each
   process feeds its share.
   """
   per_process = batch_size // jax.process_count()
@@ -41,10 +41,11 @@ def predict_split(predict: Callable[[dict], jax.Array], records: RecordSource,
   for host_batch in pipeline.eval_batches(records, spec, batch_size=per_process,
                                           worker_count=worker_count):
     global_batch = parallel.to_global(host_batch, mesh)
-    batch_outputs = parallel.to_host(predict(global_batch))
+    batch_outputs = jax.tree.map(parallel.to_host, predict(global_batch))
     mask = parallel.to_host(global_batch["mask"]).astype(bool)
     fields = {key: parallel.to_host(value) for key, value in global_batch.items()
               if key not in ("image", "mask")}
     collected.append(jax.tree.map(lambda x: np.asarray(x)[mask], targets(fields)))
-    outputs.append(batch_outputs[mask])
-  return jax.tree.map(lambda *parts: np.concatenate(parts), *collected), np.concatenate(outputs)
+    outputs.append(jax.tree.map(lambda x: np.asarray(x)[mask], batch_outputs))
+  concatenate = lambda *parts: np.concatenate(parts)  # pylint: disable=unnecessary-lambda-assignment
+  return jax.tree.map(concatenate, *collected), jax.tree.map(concatenate, *outputs)

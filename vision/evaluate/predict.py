@@ -8,7 +8,9 @@ multi-task model answers per head: `{"file": ..., "tasks": {"class": {"top": [..
 "garment": {"top": [...]}}}`.
 
 Images get the preprocessing the model was trained with (channels, size,
-normalisation, from the model card). A file that cannot be read gives
+normalisation, from the model card). Probabilities are temperature-scaled with
+the card's temperature (`raw_probabilities=True`: without), optionally averaged
+over test-time augmentation views (`tta`). A file that cannot be read gives
 `{"file": ..., "error": ...}` and the others are still predicted.
 """
 
@@ -23,6 +25,8 @@ from vision import parallel, tasks
 from vision.checkpoint import load_model
 from vision.data import pipeline
 from vision.data.decode import DecodeError, decode_image
+from vision.evaluate import saliency
+from vision.evaluate import tta as tta_lib
 from vision.evaluate.evaluate import card_spec, compiled_predict
 
 _CHUNK = 32
@@ -33,14 +37,23 @@ def model_input(path: str | os.PathLike, spec: pipeline.ImageSpec) -> np.ndarray
   return pipeline.prepare_image(decode_image(path), spec)
 
 
-def predict_files(workdir: str | os.PathLike, paths: Sequence[str], *,
-                  k: int = 5, which: str = "best") -> Iterator[dict]:
-  """One result per path, in order."""
+def predict_files(workdir: str | os.PathLike, paths: Sequence[str], *, k: int = 5,
+                  which: str = "best", tta: str = "none",
+                  raw_probabilities: bool = False) -> Iterator[dict]:
+  """One result per path, in order.
+
+  `tta`: 'none', 'flip' or 'flip_crops' (vision/evaluate/tta.py). The probabilities are
+  the calibrated ones (the model card's temperature) unless `raw_probabilities`.
+  """
+  tta_lib.check_mode(tta)
   model, card = load_model(workdir, which=which)
   task = tasks.load(workdir)
+  if raw_probabilities:
+    task = task.uncalibrated()
   spec = card_spec(card)
   normalise = pipeline.Normalise(spec)
-  predict = compiled_predict(model, parallel.make_mesh(), task.probabilities)
+  predict = compiled_predict(model, parallel.make_mesh(), task.probabilities, tta=tta,
+                             fill=saliency.black_baseline(spec))
   for start in range(0, len(paths), _CHUNK):
     chunk = paths[start:start + _CHUNK]
     images, errors = [], {}

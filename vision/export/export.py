@@ -167,8 +167,10 @@ class _ParityTotals:
     self.finite &= bool(all(np.isfinite(value).all() for value in produced.values()))
     if logits.shape != reference.shape:
       return
-    for name, exported in self.task.outputs(logits).items():
-      self.outputs[name].add(self.task.outputs(reference)[name], exported)
+    # Every output as the exported graph computes it (the probabilities too, temperature and all).
+    expected = self.task.outputs(reference)
+    for name in self.task.output_names:
+      self.outputs[name].add(expected[name], np.asarray(produced[name]))
     targets = self.task.targets(batch)
     count = len(reference)
     self.count += count

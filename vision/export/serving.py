@@ -1,17 +1,19 @@
-"""The function every export format holds: uint8 images in, logits and embedding out.
+"""The function every export format holds: uint8 images in; logits, probabilities, embedding out.
 
     serving = serving_function(model, card, task)
-    outputs = serving.apply(serving.weights, images_uint8)   # {"logits": [B, K], "embedding": [B, D]}
-    serving.output_names                                     # ("logits", "embedding")
+    outputs = serving.apply(serving.weights, images_uint8)   # {"logits": [B, K], "probabilities":
+                                                             #  [B, K], "embedding": [B, D]}
+    serving.output_names                                     # ("logits", "probabilities", "embedding")
 
 The preprocessing the model was trained with (scale to [0, 1], then the model
 card's mean and std) is part of the function, so a deployed model takes raw
 uint8 NHWC pixels at the model's size and channel count; the batch dimension is
 free. `embedding` is the model contract's `model.features(x)` (what drift
 monitoring compares) and `logits` is `model.head` applied to it, so one forward
-pass gives both. The task (vision.tasks) names the logits outputs: one,
-`logits`, for classification and multi-label models; one per head,
-`logits_HEAD`, for multi-task models.
+pass gives both. The task (vision.tasks) names the outputs: `logits` and
+`probabilities` (the task's: softmax at the temperature fitted on validation,
+or sigmoids) for classification and multi-label models; `logits_HEAD` and
+`probabilities_HEAD` per head for multi-task models.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from vision.checkpoint import ModelCard
 
 INPUT_NAME = "images"
 EMBEDDING = "embedding"
-# A single-task model's outputs (and what an export.json without "outputs" had).
+# What an export.json without "outputs" had (exports from before the task seam).
 OUTPUT_NAMES = ("logits", EMBEDDING)
 
 

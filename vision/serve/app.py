@@ -333,7 +333,8 @@ def create_app(options: ServeOptions) -> fastapi.FastAPI:
   async def request_error(_, error: RequestError):
     return responses.JSONResponse({"detail": error.message}, status_code=error.status)
 
-  async def predict(request: fastapi.Request, version: str | None, top_k: int | None) -> dict:
+  async def predict(request: fastapi.Request, version: str | None, top_k: int | None,
+                    raw_probabilities: bool = False) -> dict:
     start = time.perf_counter()
     if version is not None and version not in states:
       raise RequestError(404, f"no model version {version!r}; serving {versions}")
@@ -354,8 +355,10 @@ def create_app(options: ServeOptions) -> fastapi.FastAPI:
         *(asyncio.wrap_future(state.batcher.submit(image)) for image in decoded))
     now = time.time()
     predictions = []
+    # The task's probabilities carry the temperature fitted on validation (export.json).
+    task = spec.task.uncalibrated() if raw_probabilities else spec.task
     for logits, embedding in outputs:
-      probs = spec.task.probabilities(logits[None])[0]
+      probs = task.probabilities(logits[None])[0]
       # The log and feedback follow one answer: the model's (a multi-task model's first head).
       primary = probs[spec.task.primary[0]]
       top1 = int(np.argmax(primary))
@@ -367,7 +370,7 @@ def create_app(options: ServeOptions) -> fastapi.FastAPI:
         recent[prediction_id] = (state.version, top1)
         if len(recent) > _RECENT:
           recent.popitem(last=False)
-      predictions.append({"id": prediction_id, **spec.task.predictions(probs, k)})
+      predictions.append({"id": prediction_id, **task.predictions(probs, k)})
     seconds = time.perf_counter() - start
     state.requests += 1
     state.predictions += len(predictions)
@@ -380,14 +383,16 @@ def create_app(options: ServeOptions) -> fastapi.FastAPI:
             dependencies=[fastapi.Depends(check_key)],
             summary="Top-k classes of one or more images")
   async def predict_endpoint(request: fastapi.Request, version: str | None = None,
-                             top_k: int | None = None) -> dict:
+                             top_k: int | None = None, raw_probabilities: bool = False) -> dict:
     """Returns {"version": V, "predictions": [{"id", "top": [{"label", "index", "prob"}]}]}.
 
     A multi-task model answers per head: {"id", "tasks": {HEAD: {"top": [...]}}}; a
     multi-label one adds "labels" (the classes over their thresholds). `version` pins a
-    model version (bypassing the A/B split); `top_k` defaults to 5.
+    model version (bypassing the A/B split); `top_k` defaults to 5. Probabilities are
+    temperature-scaled (the temperature fitted on validation, from export.json);
+    `raw_probabilities=true` answers without the scaling.
     """
-    return await predict(request, version, top_k)
+    return await predict(request, version, top_k, raw_probabilities)
 
   @app.post("/invocations", tags=["sagemaker"], openapi_extra=_PREDICT_BODY,
             dependencies=[fastapi.Depends(check_key)], summary="SageMaker inference")

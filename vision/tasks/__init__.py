@@ -23,7 +23,10 @@ data, else `classification`). Every task has the same members:
   training     loss(train_config, train_records) -> LossFn, best_metric(...),
                train_metrics(logits, batch), dense_targets(batch) (for mixup/cutmix)
   evaluation   probabilities(logits), targets(host_batch), fit(validation) (tuning on the
-               validation split), fitted_state()/with_fitted_state(), report(targets, probs),
+               validation split), fitted_state()/with_fitted_state(), calibrate(targets,
+               logits) (temperature scaling; kept in to_json, so in the model card),
+               uncalibrated() (temperature 1), report(targets, probs, raw_probs),
+               sections(report) (name, report, outputs, class names per head),
                write_report(report, dir), plots(dir), scalars(report, split), summary(report)
   prediction   predictions(probs, k) (the JSON of one image), output_names, outputs(logits)
                (one exported output per head), join(outputs), primary (the answer logged)

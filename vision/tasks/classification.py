@@ -3,14 +3,24 @@
     task = Classification(("cat", "dog"))
     loss = task.loss(config.train, train_records)     # CE / label smoothing / focal / class weights
     probs = task.probabilities(logits)                # softmax, [B, C]
-    report = task.report(labels, probs)               # vision.evaluate.report's format
+    report = task.report(labels, probs, raw_probs)    # vision.evaluate.report's format + analysis
     task.predictions(probs[0], k=5)                   # {"top": [{"label", "index", "prob"}, ...]}
+    task = task.calibrate(val_labels, val_logits)     # temperature scaling, kept in the model card
 
 The default task, today's path: the objective is `vision.train.imbalance.make_loss`
 (cross-entropy unless `train.loss`/`train.class_weights` say otherwise), the
 best checkpoint is chosen by `val/accuracy` (by `val/macro_f1` on imbalanced
-data), and the model exports one output, `logits`. As a head of a multi-task
+data), and the model exports `logits` and `probabilities`. As a head of a multi-task
 model it reads its labels from a `LabelSource` (a mapped or another column).
+
+Its probabilities are `softmax(logits / temperature)`: the temperature (Guo et
+al. 2017, vision/evaluate/calibration.py) is fitted on the validation split at
+the end of training (and by `experiments.evaluate --fit_temperature`) and
+travels in `to_json()`, so the model card, export.json, predict and the server
+all apply it; `uncalibrated()` is the same task at temperature 1. The report
+adds to vision.evaluate.report's keys `per_class_accuracy`, `calibration`
+(ECE before and after the temperature, reliability bins), `most_confused` and
+`top_losses` (vision/evaluate/interpret.py).
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ import numpy as np
 
 from vision.data.sources import Dataset, RecordSource
 from vision.errors import ConfigError
+from vision.files import write_atomically
+from vision.evaluate import calibration, interpret
 from vision.evaluate import report as report_lib
 from vision.tasks import TASKS, Targets
 from vision.tasks.labels import LabelSource
@@ -50,17 +62,22 @@ def softmax(logits):
 
 
 class OneOutput:
-  """What a task with one set of classes exports and logs: one `logits` output, all of it."""
+  """What a task with one set of classes exports and logs: `logits`, all of them, and
+  `probabilities`, the task's (temperature-scaled softmax, or sigmoids) computed in the graph."""
   class_names: tuple[str, ...]
   uncertainty_weights = 0  # no learned loss weights in the model's head
-  output_names = ("logits",)
+  output_names = ("logits", "probabilities")
 
   @property
   def num_outputs(self) -> int:
     return len(self.class_names)
 
   def outputs(self, logits) -> dict:
-    return {"logits": logits}
+    return {"logits": logits, "probabilities": self.probabilities(logits)}
+
+  def sections(self, report: dict) -> list[tuple[str, dict, slice, tuple[str, ...]]]:
+    """(name, report, its outputs, class names) per part of the report: one, unnamed."""
+    return [("", report, slice(0, self.num_outputs), self.class_names)]
 
   def join(self, outputs: dict) -> np.ndarray:
     return outputs["logits"]
@@ -73,9 +90,11 @@ class OneOutput:
 
 @dataclasses.dataclass(frozen=True)
 class Classification(OneOutput):
-  """One softmax over `class_names`; labels from `source` (the dataset's label by default)."""
+  """One softmax over `class_names` at `temperature`; labels from `source` (the dataset's label
+  by default)."""
   class_names: tuple[str, ...]
   source: LabelSource = LabelSource()
+  temperature: float = 1.0
   name = "classification"
 
   # ----------------------------------------------------------------- building
@@ -93,11 +112,12 @@ class Classification(OneOutput):
   @classmethod
   def from_json(cls, fields: dict, class_names: Sequence[str]) -> "Classification":
     names = tuple(fields.get("class_names") or class_names)
-    return cls(names, LabelSource.from_json(fields.get("source") or {}, names))
+    return cls(names, LabelSource.from_json(fields.get("source") or {}, names),
+               float(fields.get("temperature", 1.0)))
 
   def to_json(self) -> dict:
     return {"name": self.name, "class_names": list(self.class_names),
-            "source": self.source.to_json()}
+            "source": self.source.to_json(), "temperature": self.temperature}
 
   # ----------------------------------------------------------------- training
   def loss(self, train_config, train_records: RecordSource) -> LossFn:
@@ -129,7 +149,16 @@ class Classification(OneOutput):
 
   # --------------------------------------------------------------- evaluation
   def probabilities(self, logits):
-    return softmax(logits)
+    """softmax(logits / temperature), float32 [B, C]."""
+    return softmax(logits if self.temperature == 1.0 else logits / self.temperature)
+
+  def uncalibrated(self) -> "Classification":
+    """This task at temperature 1 (raw probabilities)."""
+    return dataclasses.replace(self, temperature=1.0)
+
+  def calibrate(self, targets: np.ndarray, logits: np.ndarray) -> "Classification":
+    """The temperature that minimises the NLL of (validation) `logits` against `targets`."""
+    return dataclasses.replace(self, temperature=calibration.fit_temperature(logits, targets))
 
   def targets(self, batch: dict) -> np.ndarray:
     """int labels [B] of a host batch."""
@@ -146,25 +175,62 @@ class Classification(OneOutput):
     del state
     return self
 
-  def report(self, targets: np.ndarray, probs: np.ndarray) -> dict:
-    return report_lib.classification_report(targets, probs, self.class_names)
+  def report(self, targets: np.ndarray, probs: np.ndarray,
+             raw_probs: np.ndarray | None = None) -> dict:
+    """vision.evaluate.report's report of `probs` plus the error analysis and calibration.
+
+    `raw_probs`: the same predictions at temperature 1 (default: `probs`, right
+    when the temperature is 1); `calibration.ece` is theirs, `ece_calibrated` that of `probs`.
+    """
+    report = report_lib.classification_report(targets, probs, self.class_names)
+    confusion = np.asarray(report["confusion_matrix"])
+    support = confusion.sum(axis=1)
+    report["per_class_accuracy"] = {
+        name: (float(confusion[i, i] / support[i]) if support[i] else None)
+        for i, name in enumerate(self.class_names)}
+    report["calibration"] = calibration.calibration_summary(
+        targets, probs if raw_probs is None else raw_probs, probs, self.temperature)
+    report["most_confused"] = interpret.most_confused(confusion, self.class_names)
+    report["top_losses"] = interpret.top_losses(targets, probs, self.class_names)
+    return report
 
   def write_report(self, report: dict, directory: str | os.PathLike) -> None:
+    """report.json, the confusion matrix and the reliability diagram in `directory`."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomically(directory / calibration.RELIABILITY_FILENAME,
+                     lambda path: calibration.plot_reliability(report["calibration"], path))
     report_lib.write_report(report, directory)
 
   def plots(self, directory: str | os.PathLike) -> dict[str, pathlib.Path]:
-    return {"confusion_matrix": pathlib.Path(directory) / report_lib.CONFUSION_MATRIX_FILENAME}
+    directory = pathlib.Path(directory)
+    return {"confusion_matrix": directory / report_lib.CONFUSION_MATRIX_FILENAME,
+            "reliability": directory / calibration.RELIABILITY_FILENAME,
+            "top_losses_gallery": directory / interpret.GALLERY_FILENAME}
 
   def scalars(self, report: dict, split: str) -> dict[str, float]:
-    """What metrics.jsonl and W&B get: `{split}/accuracy`, `/loss`, `/macro_f1`, `/top5_accuracy`."""
+    """What metrics.jsonl and W&B get: `{split}/accuracy`, `/loss`, `/macro_f1`, `/top5_accuracy`,
+    `/ece` (raw probabilities) and `/ece_calibrated`."""
     scalars = {f"{split}/accuracy": report["accuracy"], f"{split}/loss": report["loss"],
                f"{split}/macro_f1": report["macro_avg"]["f1"]}
+    if "calibration" in report:
+      scalars[f"{split}/ece"] = report["calibration"]["ece"]
+      scalars[f"{split}/ece_calibrated"] = report["calibration"]["ece_calibrated"]
     if "top5_accuracy" in report:
       scalars[f"{split}/top5_accuracy"] = report["top5_accuracy"]
     return scalars
 
   def summary(self, report: dict) -> str:
-    return report_lib.format_summary(report)
+    """vision.evaluate.report's summary with the ECE (and the TTA, when one was used)."""
+    text = report_lib.format_summary(report)
+    extra = []
+    if "calibration" in report:
+      fit = report["calibration"]
+      extra.append(f"ECE:        {fit['ece']:.4f} raw, {fit['ece_calibrated']:.4f} at temperature "
+                   f"{fit['temperature']:.4g} (15 bins)")
+    if report.get("tta", "none") != "none":
+      extra.append(f"TTA:        {report['tta']}")
+    return text.replace("\nloss:", "".join(f"\n{line}" for line in extra) + "\nloss:", 1)
 
   # ----------------------------------------------------------------- prediction
   def predictions(self, probs: np.ndarray, k: int) -> dict:

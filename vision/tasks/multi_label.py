@@ -187,7 +187,16 @@ class MultiLabel(OneOutput):
     return np.full(self.num_outputs, 0.5) if self.thresholds is None else np.asarray(
         self.thresholds)
 
-  def report(self, targets: np.ndarray, probs: np.ndarray) -> dict:
+  def uncalibrated(self) -> "MultiLabel":
+    return self  # no temperature: the thresholds tuned on validation are its calibration
+
+  def calibrate(self, targets: np.ndarray, logits: np.ndarray) -> "MultiLabel":
+    del targets, logits
+    return self
+
+  def report(self, targets: np.ndarray, probs: np.ndarray,
+             raw_probs: np.ndarray | None = None) -> dict:
+    del raw_probs  # the same as `probs`: sigmoids have no temperature here
     return multilabel_report(targets, probs, self._thresholds(), self.class_names)
 
   def write_report(self, report: dict, directory: str | os.PathLike) -> None:

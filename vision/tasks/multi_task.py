@@ -203,9 +203,23 @@ class MultiTask:
         dataclasses.replace(h, task=h.task.with_fitted_state(state.get(h.name)))
         for h in self.heads))
 
-  def report(self, targets: dict[str, np.ndarray], probs: np.ndarray) -> dict:
+  def uncalibrated(self) -> "MultiTask":
+    """Every head at temperature 1."""
+    return dataclasses.replace(self, heads=tuple(
+        dataclasses.replace(h, task=h.task.uncalibrated()) for h in self.heads))
+
+  def calibrate(self, targets: dict[str, np.ndarray], logits: np.ndarray) -> "MultiTask":
+    """Each classification head's temperature fitted on its slice of the (validation) logits."""
+    return dataclasses.replace(self, heads=tuple(
+        dataclasses.replace(h, task=h.task.calibrate(targets[h.name], logits[:, h.outputs]))
+        for h in self.heads))
+
+  def report(self, targets: dict[str, np.ndarray], probs: np.ndarray,
+             raw_probs: np.ndarray | None = None) -> dict:
     """{"num_examples", "accuracy" (mean over heads), "tasks": {head: its own report}}."""
-    reports = {h.name: h.task.report(targets[h.name], probs[:, h.outputs]) for h in self.heads}
+    raw_probs = probs if raw_probs is None else raw_probs
+    reports = {h.name: h.task.report(targets[h.name], probs[:, h.outputs],
+                                     raw_probs[:, h.outputs]) for h in self.heads}
     first = next(iter(reports.values()))
     return {"num_examples": first["num_examples"],
             "accuracy": float(np.mean([r["accuracy"] for r in reports.values()])),
@@ -218,6 +232,11 @@ class MultiTask:
       head.task.write_report(report["tasks"][head.name], directory / head.name)
     write_text_atomically(directory / report_lib.JSON_FILENAME,
                           json.dumps(report, indent=2, allow_nan=False) + "\n")
+
+  def sections(self, report: dict) -> list[tuple[str, dict, slice, tuple[str, ...]]]:
+    """(head, its report, its outputs, its class names) per head."""
+    return [(h.name, report["tasks"][h.name], h.outputs, h.task.class_names)
+            for h in self.heads]
 
   def plots(self, directory: str | os.PathLike) -> dict[str, pathlib.Path]:
     directory = pathlib.Path(directory)
@@ -245,16 +264,22 @@ class MultiTask:
 
   @property
   def output_names(self) -> tuple[str, ...]:
-    """One exported output per head: 'logits_HEAD'."""
-    return tuple(f"logits_{h.name}" for h in self.heads)
+    """Two exported outputs per head: every 'logits_HEAD', then every 'probabilities_HEAD'."""
+    return (tuple(f"logits_{h.name}" for h in self.heads)
+            + tuple(f"probabilities_{h.name}" for h in self.heads))
 
   def outputs(self, logits) -> dict:
-    """{'logits_HEAD': that head's logits}; a static slice in traced code (export converters
-    reject the gather that indexing becomes under a symbolic batch dimension)."""
+    """{'logits_HEAD': that head's logits, 'probabilities_HEAD': its probabilities}; a static
+    slice in traced code (export converters reject the gather that indexing becomes under a
+    symbolic batch dimension)."""
     if isinstance(logits, np.ndarray):
-      return {f"logits_{h.name}": logits[..., h.outputs] for h in self.heads}
-    return {f"logits_{h.name}": jax.lax.slice_in_dim(logits, h.start, h.outputs.stop, axis=-1)
-            for h in self.heads}
+      sliced = {h.name: logits[..., h.outputs] for h in self.heads}
+    else:
+      sliced = {h.name: jax.lax.slice_in_dim(logits, h.start, h.outputs.stop, axis=-1)
+                for h in self.heads}
+    return {**{f"logits_{h.name}": sliced[h.name] for h in self.heads},
+            **{f"probabilities_{h.name}": h.task.probabilities(sliced[h.name])
+               for h in self.heads}}
 
   def join(self, outputs: dict) -> np.ndarray:
     return np.concatenate([np.asarray(outputs[f"logits_{h.name}"]) for h in self.heads], axis=-1)

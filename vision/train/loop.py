@@ -8,8 +8,8 @@ what the model predicts, its loss, metrics and report), build the model and
 optimizer, compile the sharded steps, restore the latest checkpoint if any,
 then train, logging every `log_every_steps`, evaluating on the validation split
 and saving a checkpoint every `eval_every_steps` (default: each epoch), and
-finally evaluate the best checkpoint on the test split. Nothing here depends on
-the kind of task.
+finally fit the temperature on validation and evaluate the best checkpoint on
+the test split. Nothing here depends on the kind of task.
 """
 
 from __future__ import annotations
@@ -204,9 +204,10 @@ def _validate(run: Run, state: TrainState) -> dict[str, float]:
 
 
 def _final_test(run: Run, writer) -> dict:
-  """Evaluates the best checkpoint on the test split with `experiments.evaluate`'s code."""
+  """Fits the softmax temperature on validation, then evaluates the best checkpoint on the test
+  split with `experiments.evaluate`'s code."""
   split = run.config.data.test_split
-  report = evaluate_lib.evaluate_workdir(run.workdir, split)
+  report = evaluate_lib.evaluate_workdir(run.workdir, split, fit_temperature=True)
   scalars = evaluate_lib.publish(writer, run.task, report, split, run.schedule.total_steps,
                                  run.workdir)
   log.info("%s: %s", split, ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()))

@@ -210,15 +210,20 @@ def train_probe(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -
     head, params, schedule = _train_head(config, model, task, cache, checkpoints, workdir,
                                          splits[config.data.train_split], spec, writer)
     val_features, val_fields = cache[config.data.val_split]
+    # As at the end of the loop's training: the temperature (in the model card), then the task's
+    # own tuning, both on validation.
+    task = task.calibrate(task.targets(val_fields),
+                          np.asarray(jax.jit(head)(params, val_features)))
     task = task.fit(lambda: (task.targets(val_fields),
                              _probabilities(task, head, params, val_features)))
     if parallel.is_main_process():
+      dataclasses.replace(card, task=task.to_json()).write(workdir)
       tasks.save_fitted(task, workdir)
     test_split = config.data.test_split
     features, fields = cache[test_split]
     report = evaluate_lib.write_split_report(
         task, task.targets(fields), _probabilities(task, head, params, features), workdir,
-        test_split)
+        test_split, raw_probs=_probabilities(task.uncalibrated(), head, params, features))
     scalars = evaluate_lib.publish(writer, task, report, test_split, schedule.total_steps,
                                    workdir)
     log.info("%s: %s", test_split, ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
