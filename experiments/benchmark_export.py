@@ -8,8 +8,8 @@
 With --variant (repeatable, NAME=DIR or NAME=DIR:int8): each model directory is
 exported to ONNX (fp32 or int8; parity-checked), and one row per variant gives
 its exported model's test accuracy, the change against the first variant, the
-gzip size, the batch-1 latency on one thread (all timed in turns in this one
-process) and FLOPs: the compression table (vision/compress/report.py).
+gzip size, the per-image latency on one thread of batch-1 calls and of
+--batch_size calls (all timed in turns in this one process) and FLOPs: the compression table (vision/compress/report.py).
 
 Exports the model directory four times (TFLite and ONNX, fp32 and int8, each
 parity-checked), then prints one row per runtime: median batch-1 latency,
@@ -41,6 +41,8 @@ _FORMATS = flags.DEFINE_list("formats", ["tflite", "onnx"], "Export formats to t
                              "(each fp32 and int8): tflite, onnx.")
 _THREADS = flags.DEFINE_integer("threads", 1, "Threads for LiteRT and ONNX Runtime (0: "
                                 "their defaults).")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "With --variant: the batch of the second "
+                              "latency column (per image of one call of this many images).")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows as JSON to this file.")
 _VARIANTS = flags.DEFINE_multi_string("variant", [], "NAME=DIR or NAME=DIR:int8: compare "
                                       "these model directories as ONNX exports (repeat).")
@@ -66,7 +68,8 @@ def main(argv: list[str]) -> None:
       try:
         rows = compress_report.compare_variants(
             _variants(), _OUT.value or tmp, repeats=_REPEATS.value,
-            max_examples=_MAX_EXAMPLES.value, threads=_THREADS.value or 1)
+            max_examples=_MAX_EXAMPLES.value, threads=_THREADS.value or 1,
+            batch_size=_BATCH.value)
       except ParityError as error:
         common.fail(f"export check failed: {error}")
       print(compress_report.format_variants_table(rows))

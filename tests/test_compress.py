@@ -22,8 +22,8 @@ from conftest import tiny_config, write_idx_dataset
 from vision import config as config_lib
 from vision.checkpoint import ModelCard, load_model
 from vision.compress import channels, prune, quant
+from vision.compress import report as compress_report
 from vision.config import ConfigError
-from vision.export import export_workdir
 from vision.models import ModelOptions, create_model
 from vision.train import loop
 
@@ -40,18 +40,14 @@ def _prune_config(**overrides) -> ml_collections.ConfigDict:
   return config
 
 
+@nnx.jit
+def _step(model, optimizer, images):
+  optimizer.update(model, nnx.grad(lambda m: jnp.mean(m(images) ** 2))(model))
+
+
 def _train_steps(model, tx, steps: int, seed: int = 0) -> nnx.Optimizer:
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-  images = jax.random.normal(jax.random.key(seed), (8, 16, 16, 1))
-
-  @nnx.jit
-  def step(model, optimizer):
-    grads = nnx.grad(lambda m: jnp.mean(m(images) ** 2))(model)
-    optimizer.update(model, grads)
-
-  for _ in range(steps):
-    step(model, optimizer)
-  return optimizer
+  return _continue(model, optimizer, steps, seed)
 
 
 # ------------------------------------------------------------------ schedule and masks
@@ -96,15 +92,10 @@ def _named(state) -> dict:
   return {prune.param_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(state)[0]}
 
 
-def _continue(model, optimizer, steps: int) -> nnx.Optimizer:
-  images = jax.random.normal(jax.random.key(1), (8, 16, 16, 1))
-
-  @nnx.jit
-  def step(model, optimizer):
-    optimizer.update(model, nnx.grad(lambda m: jnp.mean(m(images) ** 2))(model))
-
+def _continue(model, optimizer, steps: int, seed: int = 1) -> nnx.Optimizer:
+  images = jax.random.normal(jax.random.key(seed), (8, 16, 16, 1))
   for _ in range(steps):
-    step(model, optimizer)
+    _step(model, optimizer, images)
   return optimizer
 
 
@@ -197,15 +188,28 @@ def pruned_qat_dir(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.mark.slow
-def test_a_pruned_models_exported_weights_hold_the_target_zeros(tmp_path, pruned_qat_dir):
+def test_pruned_qat_model_exports_its_zeros_and_int8_side_by_side(tmp_path, pruned_qat_dir):
+  """`benchmark_export --variant` rows: fp32 keeps the target zeros, int8 uses the QAT ranges."""
   model, card = load_model(pruned_qat_dir)
   assert card.quantization == {"mode": "qat", "weight_bits": 8, "activation_bits": 8}
-  report = export_workdir(pruned_qat_dir, "onnx", tmp_path / "fp32", latency_repeats=2)
-  assert report["passed"] and "int8_ranges" not in report
+  rows = compress_report.compare_variants(
+      [("fp32 pruned", str(pruned_qat_dir), False), ("QAT int8", str(pruned_qat_dir), True)],
+      tmp_path, repeats=4, max_examples=64, batch_size=4)
+  fp32, int8 = rows
+  assert fp32["int8_ranges"] is None and fp32["top1_agreement"] >= 0.99
+  assert int8["int8_ranges"] == "qat"
+  assert int8["top1_agreement"] >= 0.99  # against the QAT model's simulated-int8 forward
+  assert int8["size_bytes"] < fp32["size_bytes"] / 2
+  assert fp32["speedup_vs_first"] == fp32["speedup_vs_first_batched"] == 1.0
+  assert all(row["latency_ms_per_image_batched"] > 0 and 0 <= row["test_accuracy"] <= 1
+             for row in rows)
+  table = compress_report.format_variants_table(rows)
+  assert "batch 4" in table and len(table.splitlines()) == 4  # header, rule, two variants
+
   prunable = {tuple(np.asarray(v).shape): n for n, v in _named(nnx.state(model, nnx.Param)).items()
               if n in ("stages.1.conv.kernel", "hidden.kernel")}
   zeros = total = 0
-  for tensor in onnx.load(str(tmp_path / "fp32" / "model.onnx")).graph.initializer:
+  for tensor in onnx.load(str(tmp_path / "v0" / "model.onnx")).graph.initializer:
     weight = numpy_helper.to_array(tensor)
     as_jax = {4: lambda w: w.transpose(2, 3, 1, 0), 2: lambda w: w}.get(weight.ndim)
     if as_jax is None:
@@ -216,13 +220,5 @@ def test_a_pruned_models_exported_weights_hold_the_target_zeros(tmp_path, pruned
         break
   assert total == sum(np.prod(shape) for shape in prunable)
   assert zeros / total >= 0.75 - 1 / total
-
-
-@pytest.mark.slow
-def test_a_qat_model_exports_to_int8_with_its_learned_ranges(tmp_path, pruned_qat_dir):
-  report = export_workdir(pruned_qat_dir, "onnx", tmp_path / "int8", int8=True,
-                          latency_repeats=2)
-  assert report["int8_ranges"] == "qat"
-  assert report["top1_agreement"] >= 0.99  # against the QAT model's simulated-int8 forward
-  quantized = onnx.load(str(tmp_path / "int8" / "model.onnx"))
+  quantized = onnx.load(str(tmp_path / "v1" / "model.onnx"))
   assert sum(node.op_type == "QuantizeLinear" for node in quantized.graph.node) >= 4
