@@ -63,7 +63,7 @@ RUNS: dict[str, dict] = {
     "resnet-small-stem-epochs": {
         "model.name": "resnet18", "model.stem": "small", "model.num_classes": 6,
         "train.num_steps": None, "train.epochs": 0.1, "optim.schedule": "constant",
-        "train.imbalance_threshold": None, "train.batch_size": 16,
+        "train.imbalance_threshold": None, "train.batch_size": 16, "quant.mode": "ptq",
         # The splits swapped: the IDX test file trains, the training file tests.
         "data.train_split": "test", "data.test_split": "train",
     },
@@ -87,6 +87,12 @@ RUNS: dict[str, dict] = {
         "distill.hard_label_weight": 0.5,
     },
     "linear-probe": {"model.init_from": INIT, "model.hidden": 32, "transfer.mode": "linear_probe"},
+    "channel-prune-qat4": {
+        "prune.sparsity": 0.5, "prune.granularity": "channel", "prune.scope": "layer",
+        "prune.schedule": "one_shot", "prune.start": 0.0, "prune.end": 0.5, "prune.update_every": 1,
+        "prune.exclude": (r"^head\.",), "quant.mode": "qat", "quant.weight_bits": 4,
+        "quant.activation_bits": 4,
+    },
 }
 
 # Keys whose values change where or how a run happens, not what it trains, with the reason.

@@ -28,6 +28,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from vision.compress import quant
 from vision.errors import ConfigError
 from vision.files import write_text_atomically
 from vision.models import ModelOptions, create_model
@@ -50,6 +51,27 @@ def without_rng(state: nnx.State) -> dict:
   return nnx.to_pure_dict(nnx.filter_state(state, nnx.Not(nnx.RngState)))
 
 
+def _replace_by_pure_dict(state: nnx.State, pure: dict) -> None:
+  """`nnx.replace_by_pure_dict`, also for variables whose value is itself a dict (Qwix's
+  QuantStat: {count, sum_of_min, sum_of_max}); state entries absent from `pure` stay."""
+  missing = object()
+
+  def lookup(path):
+    node = pure
+    for key in path:
+      if not isinstance(node, dict):
+        return missing
+      node = node.get(key, node.get(str(key), missing))
+      if node is missing:
+        return missing
+    return node
+
+  flat = {}
+  for path, variable in nnx.to_flat_state(state):
+    value = lookup(path)
+    flat[path] = variable if value is missing else (
+        variable.replace(value) if hasattr(variable, "replace") else value)
+  state.update(nnx.traversals.unflatten_mapping(flat))
 class IncompatibleCheckpoint(ConfigError):
   """A workdir's checkpoint does not fit the model (or optimizer) of this config; one line."""
 
@@ -184,9 +206,9 @@ class Checkpoints:
           f"{_first_line(error)}; resume with that run's settings, or use a new --workdir"
       ) from None
     model_state = jax.tree.map(lambda x: x, like.model)
-    nnx.replace_by_pure_dict(model_state, restored["model"])
+    _replace_by_pure_dict(model_state, restored["model"])
     optimizer_state = jax.tree.map(lambda x: x, like.optimizer)
-    nnx.replace_by_pure_dict(optimizer_state, restored["optimizer"])
+    _replace_by_pure_dict(optimizer_state, restored["optimizer"])
     return TrainState(model_state, optimizer_state)
 
   def restore_model(self, step: int, model: nnx.Module) -> None:
@@ -204,7 +226,7 @@ class Checkpoints:
       raise IncompatibleCheckpoint(f"cannot read the model saved in {directory}: "
                                    f"{_first_line(error)}") from None
     state = nnx.state(model)
-    nnx.replace_by_pure_dict(state, restored["model"])
+    _replace_by_pure_dict(state, restored["model"])
     nnx.update(model, state)
 
   def close(self) -> None:
@@ -235,6 +257,9 @@ class ModelCard:
   # the shorter side goes to `resize_size` (None: straight to `image_size`).
   resize_size: int | None = None
   interpolation: str = "bilinear"
+  # Quantization-aware training ({"mode": "qat", "weight_bits": 8, "activation_bits": 8}), or
+  # None: load_model re-applies it so the model computes what training simulated.
+  quantization: dict | None = None
   # What the outputs mean (vision.tasks: to_json of the task); None: single-label classification.
   task: dict | None = None
 
@@ -284,6 +309,7 @@ def load_model(workdir: str | os.PathLike, *, which: str = "best") -> tuple[nnx.
   """
   card = ModelCard.read(workdir)
   model = create_model(card.arch, card.options(), rngs=nnx.Rngs(0))
+  model = quant.from_card(model, card.quantization, (card.image_size,) * 2 + (card.channels,))
   checkpoints = Checkpoints(workdir, best_metric=card.best_metric, read_only=True)
   step = (checkpoints.best_step() if which == "best" else None) or checkpoints.latest_step()
   if step is None:

@@ -201,6 +201,33 @@ def defaults() -> ml_collections.ConfigDict:
   # loss = (1 - w) * T^2 * KL(teacher || student) + w * cross-entropy with the labels.
   c.distill.hard_label_weight = 0.0
 
+  # Pruning (vision/compress/prune.py): gradual magnitude pruning, Zhu & Gupta 2017.
+  c.prune = ml_collections.ConfigDict()
+  # Target fraction of zero weights among the prunable ones; 0 turns pruning off.
+  c.prune.sparsity = 0.0
+  # 'unstructured' (single weights) or 'channel' (whole conv output channels, by L1 norm;
+  # experiments.shrink then rebuilds the model narrower).
+  c.prune.granularity = "unstructured"
+  # 'global' (one ranking across layers) or 'layer' (each layer to the target).
+  c.prune.scope = "global"
+  # 'polynomial': the sparsity rises cubically from `start` to `end` (fractions of training);
+  # masks are recomputed every `update_every` steps in between and stay fixed after `end`.
+  # 'one_shot': the whole target at `start` (magnitudes then), fixed from there on.
+  c.prune.schedule = "polynomial"
+  c.prune.start = 0.1
+  c.prune.end = 0.7
+  c.prune.update_every = 50
+  # Regexes of parameter paths ("stages.1.conv.kernel") never pruned; None: the first
+  # convolution and the head.
+  c.prune.exclude = ml_collections.config_dict.placeholder(tuple)
+
+  # Quantization (vision/compress/quant.py, Qwix): 'none', 'qat' (int8 simulated in
+  # training, ranges learned for export) or 'ptq' (float training, int8 calibrated at export).
+  c.quant = ml_collections.ConfigDict()
+  c.quant.mode = "none"
+  c.quant.weight_bits = 8
+  c.quant.activation_bits = 8
+
   c.wandb = ml_collections.ConfigDict()
   c.wandb.project = ml_collections.config_dict.placeholder(str)
   c.wandb.entity = ml_collections.config_dict.placeholder(str)
@@ -305,6 +332,10 @@ _CHOICES = {
     "train.class_weights": ("none", "balanced"),
     "model.conv_impl": ("auto", "matmul", "lax"),
     "transfer.mode": ("none", "linear_probe", "fine_tune", "gradual_unfreeze"),
+    "prune.granularity": ("unstructured", "channel"),
+    "prune.scope": ("global", "layer"),
+    "prune.schedule": ("polynomial", "one_shot"),
+    "quant.mode": ("none", "qat", "ptq"),
     "task.name": ("auto", "classification", "multi_label", "multi_task"),
     "task.weighting": ("fixed", "uncertainty"),
 }
@@ -434,6 +465,7 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
   if not 0 <= c.distill.hard_label_weight <= 1:
     raise ConfigError(f"config key 'distill.hard_label_weight' must be in [0, 1], "
                       f"got {c.distill.hard_label_weight}")
+  _check_compression(c)
   if c.wandb.mode is not None and c.wandb.mode.strip().lower() not in _WANDB_ACCEPTED:
     raise ConfigError(f"config key 'wandb.mode' is {c.wandb.mode!r}; expected one of "
                       f"{', '.join(WANDB_MODES)} (or None: $WANDB_MODE, else online when logged "
@@ -480,6 +512,18 @@ def _check_transfer(c: ml_collections.ConfigDict) -> None:
                       "(the model directory whose backbone is probed)")
 
 
+def _check_compression(c: ml_collections.ConfigDict) -> None:
+  if not 0 <= c.prune.sparsity < 1:
+    raise ConfigError(f"config key 'prune.sparsity' must be in [0, 1), got {c.prune.sparsity}")
+  if not 0 <= c.prune.start <= c.prune.end <= 1:
+    raise ConfigError("config keys 'prune.start' and 'prune.end' must satisfy "
+                      f"0 <= start <= end <= 1 (fractions of training), got {c.prune.start}, "
+                      f"{c.prune.end}")
+  if not c.prune.update_every >= 1:
+    raise ConfigError(f"config key 'prune.update_every' must be >= 1, got {c.prune.update_every}")
+  for key in ("weight_bits", "activation_bits"):
+    if c.quant[key] not in (4, 8):
+      raise ConfigError(f"config key 'quant.{key}' must be 4 or 8, got {c.quant[key]!r}")
 def _check_task(c: ml_collections.ConfigDict) -> None:
   heads = c.task.heads
   if c.task.name != "multi_task":

@@ -43,6 +43,7 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
+from vision.compress import quant
 from vision.data.pipeline import ImageSpec, resize_crop_geometry
 from vision.errors import ConfigError
 
@@ -183,7 +184,10 @@ class Explainer:
                         f"{', '.join(METHODS)}")
     self.method, self.steps = method, steps
     self._baseline = None if baseline is None else jnp.asarray(baseline, jnp.float32)
-    self._model = model
+    # A QAT model is explained through its float weights: fake quantization's
+    # gradient is straight-through anyway, and Qwix's interception cannot see
+    # the layers the taps wrap.
+    self._model = quant.float_model(model)
     self._compiled: dict[tuple, Callable] = {}
 
   def __call__(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -192,8 +192,14 @@ def write_onnx(tflite: pathlib.Path, path: pathlib.Path,
   onnx.save(model, str(path))
 
 
-def write_onnx_int8(fp32_onnx: pathlib.Path, path: pathlib.Path, calibration: np.ndarray) -> None:
-  """ONNX Runtime static quantization (QDQ, per-channel, int8) calibrated on `calibration`."""
+def write_onnx_int8(fp32_onnx: pathlib.Path, path: pathlib.Path, calibration: np.ndarray,
+                    range_overrides: Callable[[Any], dict] | None = None) -> None:
+  """ONNX Runtime static quantization (QDQ, per-channel, int8) calibrated on `calibration`.
+
+  `range_overrides(onnx_model)` may fix some tensors' ranges (ONNX Runtime's
+  `TensorQuantOverrides`: a QAT model's learned ranges) instead of calibrating them.
+  """
+  import onnx  # pylint: disable=import-outside-toplevel
   from onnxruntime import quantization  # pylint: disable=import-outside-toplevel
 
   class Reader(quantization.CalibrationDataReader):
@@ -207,10 +213,12 @@ def write_onnx_int8(fp32_onnx: pathlib.Path, path: pathlib.Path, calibration: np
   with tempfile.TemporaryDirectory() as tmp:
     prepared = pathlib.Path(tmp) / "prepared.onnx"
     quantization.quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
+    overrides = range_overrides(onnx.load(str(prepared))) if range_overrides else {}
     quantization.quantize_static(
         str(prepared), str(path), Reader(calibration),
         quant_format=quantization.QuantFormat.QDQ, per_channel=True,
-        activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8)
+        activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
+        extra_options={"TensorQuantOverrides": overrides} if overrides else None)
 
 
 def tree_size(path: pathlib.Path) -> int:

@@ -38,6 +38,7 @@ import numpy as np
 from vision import config as config_lib
 from vision import tasks
 from vision.checkpoint import ModelCard, load_model
+from vision.compress import quant
 from vision.models import layers
 from vision.config import ConfigError
 from vision.data import open_from_config, pipeline
@@ -292,14 +293,15 @@ def content_hash(path: pathlib.Path) -> str:
 
 
 def write_model(serving, fmt: str, out: pathlib.Path, *, calibration: np.ndarray | None,
-                intermediates: converters.Intermediates | None = None
-                ) -> tuple[pathlib.Path, str]:
+                intermediates: converters.Intermediates | None = None,
+                range_overrides=None) -> tuple[pathlib.Path, str]:
   """Writes OUT/<model file> for `fmt` (int8 when `calibration` is given).
 
   TFLite and ONNX are converted from a SavedModel (and ONNX from the fp32
   TFLite file): pass `intermediates` to make those once for several exports of
-  one model. Returns the model file's path and how it was quantized ("none",
-  "full_integer", "integer_with_float_fallback" or, for ONNX, "static_qdq").
+  one model. `range_overrides` (ONNX int8 only) fixes tensors' ranges: a QAT
+  model's learned ones. Returns the model file's path and how it was quantized
+  ("none", "full_integer", "integer_with_float_fallback" or, for ONNX, "static_qdq").
   """
   target = out / MODEL_FILES[fmt]
   check_request(fmt, calibration is not None)
@@ -323,7 +325,8 @@ def write_model(serving, fmt: str, out: pathlib.Path, *, calibration: np.ndarray
       converters.write_onnx(made.tflite(), target, serving.output_names)
       return target, "none"
     converters.write_onnx(made.tflite(), pathlib.Path(tmp) / "fp32.onnx", serving.output_names)
-    converters.write_onnx_int8(pathlib.Path(tmp) / "fp32.onnx", target, calibration)
+    converters.write_onnx_int8(pathlib.Path(tmp) / "fp32.onnx", target, calibration,
+                               range_overrides)
   return target, "static_qdq"
 
 
@@ -393,6 +396,11 @@ class ExportSource:
                converters.Intermediates(serving, scratch), task)
 
 
+def _qat_ranges(model: nnx.Module):
+  """`range_overrides` for `write_model`: the QAT model's learned ranges, placed on the ONNX graph."""
+  return lambda onnx_model: quant.onnx_range_overrides(onnx_model, model)
+
+
 def export_from(source: ExportSource, fmt: str, out: str | os.PathLike, *, int8: bool = False,
                 version: str | None = None, calibration_examples: int = CALIBRATION_EXAMPLES,
                 latency_repeats: int = DEFAULT_REPEATS) -> dict:
@@ -404,12 +412,14 @@ def export_from(source: ExportSource, fmt: str, out: str | os.PathLike, *, int8:
                  if int8 else None)
   out.parent.mkdir(parents=True, exist_ok=True)
   started = time.monotonic()
+  qat = int8 and fmt == "onnx" and quant.is_quantized(source.model)
   # Converted next to OUT and moved in once made: a failed conversion leaves OUT as it was.
   with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as staging:
     with converter_step(fmt):
       made, quantization = write_model(source.serving, fmt, pathlib.Path(staging),
                                        calibration=calibration,
-                                       intermediates=source.intermediates)
+                                       intermediates=source.intermediates,
+                                       range_overrides=_qat_ranges(source.model) if qat else None)
     model_file = _replace_out(out, made)
   info = export_info(source.card, source.task, fmt, model_file, int8=int8,
                      quantization=quantization, version=version, workdir=source.workdir,
@@ -418,14 +428,17 @@ def export_from(source: ExportSource, fmt: str, out: str | os.PathLike, *, int8:
   log.info("wrote %s in %.0f s; checking it against JAX on %d %s images", model_file,
            time.monotonic() - started, len(source.records), source.split)
 
-  jax_logits = jax_logits_function(source.model, source.card)
+  # A QAT model's own forward pass simulates int8: the reference of its int8 export.
+  jax_logits = jax_logits_function(
+      source.model if int8 else quant.float_model(source.model), source.card)
   batches = _batches(source.records, source.spec, np.arange(len(source.records)))
   with converter_step(fmt, stage="run", keep=(ParityError,)):
     exported = load_exported(out)
     parity = parity_report(jax_logits, exported, batches, source.task,
                            total=len(source.records))
   report = {"format": fmt, "int8": int8, "runtime": RUNTIMES[fmt], "version": info["version"],
-            "split": source.split, **parity}
+            "split": source.split,
+            **({"int8_ranges": "qat" if qat else "calibration"} if int8 else {}), **parity}
   first_image = pipeline.read_batch(source.records, np.arange(1), source.spec)[0]
   report["size_bytes"] = converters.tree_size(model_file)
   weights = nnx.state(source.model, nnx.Not(nnx.RngState))

@@ -17,6 +17,7 @@ from flax import nnx
 import ml_collections
 
 from vision.checkpoint import ModelCard
+from vision.compress import quant
 from vision.data.pipeline import ImageSpec
 from vision.models import ModelOptions, create_model
 from vision.train import transfer
@@ -32,10 +33,12 @@ def build_model(config: ml_collections.ConfigDict, task,
       conv_impl=config.model.conv_impl, uncertainty_weights=task.uncertainty_weights)
   model = create_model(config.model.name, options, rngs=nnx.Rngs(config.seed))
   transfer.maybe_load_pretrained(config, model, options)
+  model = quant.quantize(model, **config.quant, input_shape=(spec.size, spec.size, spec.channels))
   model_options = {k: v for k, v in dataclasses.asdict(options).items()
                    if k not in ("num_classes", "in_channels", "image_size", "conv_impl")}
   card = ModelCard(
       arch=config.model.name, num_classes=task.num_outputs, class_names=task.class_names,
       image_size=spec.size, channels=spec.channels, mean=spec.mean, std=spec.std,
-      model_options=model_options, best_metric=config.train.best_metric, task=task.to_json())
+      model_options=model_options, best_metric=config.train.best_metric, task=task.to_json(),
+      quantization=quant.card_entry(config.quant))
   return model, card

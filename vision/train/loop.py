@@ -29,6 +29,7 @@ from vision import checkpoint as checkpoint_lib
 from vision import config as config_lib
 from vision import parallel, tasks
 from vision.checkpoint import TrainState
+from vision.compress import prune
 from vision.data import augment, open_from_config, pipeline
 from vision.data.sources import Dataset, RecordSource
 from vision.evaluate import evaluate as evaluate_lib
@@ -97,6 +98,8 @@ def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                                     steps_per_epoch=schedule.steps_per_epoch)
   tx = transfer.make_optimizer(config, model, lr_schedule,
                                steps_per_epoch=schedule.steps_per_epoch)
+  tx = prune.wrap_optimizer(config.prune, model, tx, total_steps=schedule.total_steps,
+                            model_name=config.model.name)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   mesh = parallel.make_mesh()
   batch_transform = augment.device_transform(config.data, task.dense_targets)
