@@ -25,10 +25,16 @@ TINY = "tests/configs/tiny.py"
 
 
 def tree_digest(root: pathlib.Path) -> dict[str, str]:
-  """Every file under `root` (relative path → sha256 of its bytes) and every directory."""
+  """Every file under `root` (relative path → sha256 of its bytes) and every directory.
+
+  W&B's own debug logs (`wandb/*/logs/`) are left out: its background service may still append
+  to them after the run that started it has exited.
+  """
   digest = {}
   for path in sorted(root.rglob("*")):
     relative = str(path.relative_to(root))
+    if relative.startswith("wandb/") and "/logs/" in relative:
+      continue
     digest[relative] = (hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file()
                         else "dir")
   return digest

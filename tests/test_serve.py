@@ -125,6 +125,24 @@ def test_predicts_png_and_jpeg_uploads_with_labels_and_version(server):
   assert response.json()["predictions"][0]["top"][0]["label"] == LABELS[labels[1]]
 
 
+def test_answers_are_temperature_scaled_unless_raw_probabilities_is_asked(server, exports):
+  url, _ = server
+  temperature = json.loads((exports["v1"] / "export.json").read_text())["task"]["temperature"]
+  assert temperature != 1.0  # fitted on validation at the end of training
+  images, _ = labelled_images(1, seed=5)
+  answers = {}
+  for raw in (False, True):
+    response = predict_file(url, encode(images[0]), version="v1", raw_probabilities=raw)
+    assert response.status_code == 200, response.text
+    answers[raw] = {t["label"]: t["prob"] for t in response.json()["predictions"][0]["top"]}
+  # softmax(z / T) is softmax(log p_raw / T): the calibrated answer follows from the raw one.
+  scaled = {k: np.exp(np.log(max(p, 1e-30)) / temperature) for k, p in answers[True].items()}
+  total = sum(scaled.values())
+  for label, prob in answers[False].items():
+    assert prob == pytest.approx(scaled[label] / total, abs=2e-3)
+  assert max(answers[False], key=answers[False].get) == max(answers[True], key=answers[True].get)
+
+
 def test_predict_and_server_see_exif_rotated_and_transparent_files_alike(server, tiny_model_dir,
                                                                          tmp_path):
   """experiments.predict and /v1/predict on the same files: upright, on white, same answer.

@@ -153,7 +153,10 @@ def _start_training(workdir: pathlib.Path, idx_dir: pathlib.Path, steps: int) ->
       [sys.executable, "-m", "experiments.train", f"--config={TINY}:source=idx:{idx_dir},steps={steps}",
        f"--workdir={workdir}", "--config.train.checkpoint_every_steps=4",
        "--config.train.eval_every_steps=1000", "--config.data.crop_padding=2",
-       "--config.data.flip=True", "--config.model.dropout=0.1"],
+       "--config.data.flip=True", "--config.model.dropout=0.1",
+       # Pruning masks (optimizer state) must resume exactly too.
+       "--config.prune.sparsity=0.6", "--config.prune.start=0.0", "--config.prune.end=0.5",
+       "--config.prune.update_every=3"],
       cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -175,6 +178,7 @@ def test_sigkill_and_rerun_ends_bit_identical(tmp_path, idx_dir):
     assert process.returncode == 0, stderr.decode()[-3000:]
   expected, got = saved_arrays(uninterrupted, steps), saved_arrays(interrupted, steps)
   assert expected.keys() == got.keys() and len(expected) > 10
+  assert any("masks" in key for key in expected)
   for key in expected:
     np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
   steps_logged = [m["step"] for m in read_metrics(interrupted)]

@@ -19,11 +19,12 @@ import pytest
 from conftest import tiny_config, write_idx_dataset
 from vision import checkpoint as checkpoint_lib
 from vision import config as config_lib
-from vision import parallel
+from vision import parallel, tasks
 from vision.config import ConfigError
 from vision.data import open_from_config
 from vision.models import ModelOptions, create_model, vit
-from vision.train import loop, probe, transfer
+from vision.train import loop, probe, trainer, transfer
+from vision.train.build import build_model
 from vision.train.step import TrainState
 
 WIDTHS = (8, 16)
@@ -78,12 +79,12 @@ def config_for(idx: pathlib.Path, model_dir: pathlib.Path | None = None, *, step
 
 def build(config) -> nnx.Module:
   dataset, spec = open_from_config(config.data)
-  return loop.build_model(config, dataset, spec)[0]
+  return build_model(config, tasks.from_config(config, dataset), spec)[0]
 
 
 def flat_state(model: nnx.Module) -> dict[str, np.ndarray]:
   return {name: np.asarray(value)
-          for name, value in transfer._flat(checkpoint_lib._without_rng(nnx.state(model))).items()}
+          for name, value in transfer.flatten(checkpoint_lib.without_rng(nnx.state(model))).items()}
 
 
 # ------------------------------------------------------------------ init_from
@@ -189,7 +190,7 @@ def _updates(config, model, steps: int, grads_value: float = 1.0) -> list[dict]:
   for _ in range(steps):
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
-    deltas.append({name: np.asarray(u) for name, u in transfer._flat(updates).items()})
+    deltas.append({name: np.asarray(u) for name, u in transfer.flatten(updates).items()})
   return deltas
 
 
@@ -237,8 +238,8 @@ def _run_steps(config, model, count: int) -> list[dict[str, np.ndarray]]:
         "image": data.normal(size=(8, 16, 16, 1)).astype(np.float32),
         "label": data.integers(0, 4, size=8).astype(np.int32)}, mesh)
     state, _ = steps.train(state, batch, rng)
-    states.append({name: np.asarray(value) for name, value in transfer._flat(
-        checkpoint_lib._without_rng(state.model)).items()})
+    states.append({name: np.asarray(value) for name, value in transfer.flatten(
+        checkpoint_lib.without_rng(state.model)).items()})
   return states
 
 
@@ -288,9 +289,9 @@ def test_feature_cache_is_reused_and_invalidated(idx, model_dir, tmp_path):
                                  fingerprint=fingerprint, batch_size=32, mesh=mesh)
 
   data = probe.data_fingerprint(config.data, "val", records)
-  first, labels, reused = features(backbone + data)
+  first, fields, reused = features(backbone + data)
   assert not reused and first.shape == (len(records), 128)
-  np.testing.assert_array_equal(labels, [records[i]["label"] for i in range(len(records))])
+  np.testing.assert_array_equal(fields["label"], [records[i]["label"] for i in range(len(records))])
   again, _, reused = features(backbone + data)
   assert reused
   np.testing.assert_array_equal(again, first)
@@ -322,7 +323,7 @@ def test_linear_probe_run_is_a_model_directory_and_reuses_its_cache(idx, model_d
   config.train.eval_every_steps = 40
   config.train.log_every_steps = 40
   workdir = tmp_path / "probe"
-  report = loop.train(config, workdir)
+  report = trainer.train(config, workdir)
   assert report["accuracy"] > 0.5
   cache = {split: (workdir / "features" / f"{split}.npz").stat().st_mtime_ns
            for split in ("train", "val", "test")}
@@ -331,13 +332,16 @@ def test_linear_probe_run_is_a_model_directory_and_reuses_its_cache(idx, model_d
   # The directory is an ordinary model directory: evaluate_workdir runs the full model.
   from vision.evaluate.evaluate import evaluate_workdir  # pylint: disable=import-outside-toplevel
   assert evaluate_workdir(workdir, "test")["accuracy"] == pytest.approx(report["accuracy"])
+  # The temperature is fitted on validation at the end of the probe too, into the model card.
+  fitted = json.loads((workdir / "model_card.json").read_text())["task"]["temperature"]
+  assert report["calibration"]["temperature"] == fitted != 1.0
   model, card = checkpoint_lib.load_model(workdir)
   source = flat_state(checkpoint_lib.load_model(model_dir)[0])
   np.testing.assert_array_equal(flat_state(model)["stages.0.conv.kernel"],
                                 source["stages.0.conv.kernel"])
   # Re-running reuses every cached split and retrains the same head.
   with caplog.at_level(logging.INFO, logger="vision"):
-    again = loop.train(config, workdir)
+    again = trainer.train(config, workdir)
   assert again["accuracy"] == report["accuracy"]
   assert caplog.text.count("reused the cache") == 3
   assert cache == {split: (workdir / "features" / f"{split}.npz").stat().st_mtime_ns
@@ -345,7 +349,7 @@ def test_linear_probe_run_is_a_model_directory_and_reuses_its_cache(idx, model_d
   # Other data for the same workdir: refused rather than mixing two probes' checkpoints.
   config.data.max_train_examples = 256
   with pytest.raises(ConfigError, match="trained on other features"):
-    loop.train(config, workdir)
+    trainer.train(config, workdir)
 
 
 @pytest.mark.slow

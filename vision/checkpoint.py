@@ -21,27 +21,57 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 from flax import nnx
 import grain
 import jax
 import orbax.checkpoint as ocp
 
-from vision.config import ConfigError
+from vision.compress import quant
+from vision.errors import ConfigError
 from vision.files import write_text_atomically
 from vision.models import ModelOptions, create_model
-from vision.train.step import TrainState
 
 MODEL_CARD = "model_card.json"
 CHECKPOINTS = "checkpoints"
 
 
-def _without_rng(state: nnx.State) -> dict:
-  # RNG keys are re-derived from (seed, step) each step, so they are not saved.
+class TrainState(NamedTuple):
+  """What a training checkpoint holds besides the data position: model and optimizer states."""
+  model: nnx.State
+  optimizer: nnx.State
+
+
+def without_rng(state: nnx.State) -> dict:
+  """A model state as a pure dict of arrays, RNG streams left out (they are not saved).
+
+  RNG keys are re-derived from (seed, step) each step, so resuming needs none.
+  """
   return nnx.to_pure_dict(nnx.filter_state(state, nnx.Not(nnx.RngState)))
 
 
+def _replace_by_pure_dict(state: nnx.State, pure: dict) -> None:
+  """`nnx.replace_by_pure_dict`, also for variables whose value is itself a dict (Qwix's
+  QuantStat: {count, sum_of_min, sum_of_max}); state entries absent from `pure` stay."""
+  missing = object()
+
+  def lookup(path):
+    node = pure
+    for key in path:
+      if not isinstance(node, dict):
+        return missing
+      node = node.get(key, node.get(str(key), missing))
+      if node is missing:
+        return missing
+    return node
+
+  flat = {}
+  for path, variable in nnx.to_flat_state(state):
+    value = lookup(path)
+    flat[path] = variable if value is missing else (
+        variable.replace(value) if hasattr(variable, "replace") else value)
+  state.update(nnx.traversals.unflatten_mapping(flat))
 class IncompatibleCheckpoint(ConfigError):
   """A workdir's checkpoint does not fit the model (or optimizer) of this config; one line."""
 
@@ -117,18 +147,23 @@ class Checkpoints:
     kept_metrics = {self.best_metric: metrics[self.best_metric]} if (
         metrics and self.best_metric in metrics) else None
     self.manager.save(step, metrics=kept_metrics, args=ocp.args.Composite(
-        model=ocp.args.StandardSave(_without_rng(state.model)),
+        model=ocp.args.StandardSave(without_rng(state.model)),
         optimizer=ocp.args.StandardSave(nnx.to_pure_dict(state.optimizer)),
         data=grain.checkpoint.CheckpointSave(data_iterator)))
 
   def save_model(self, step: int, model: nnx.Module) -> None:
     """Saves the model's parameters alone (an imported model has no optimizer or data state)."""
     self.manager.save(step, args=ocp.args.Composite(
-        model=ocp.args.StandardSave(_without_rng(nnx.state(model)))))
+        model=ocp.args.StandardSave(without_rng(nnx.state(model)))))
 
   def saved_shapes(self, step: int, item: str) -> dict[str, tuple]:
     """'a.b.c' -> (shape, dtype) of every array of `item` saved at `step`, read from metadata."""
     path = self.manager.directory / str(step) / item
+    if not (path / "_METADATA").is_file():
+      # Without it Orbax may still answer with part of the tree: a damaged save, not a mismatch.
+      raise IncompatibleCheckpoint(f"cannot read the checkpoint {path}: its _METADATA file is "
+                                   "missing (an interrupted copy or save); use another step or "
+                                   "copy the directory again")
     try:
       with ocp.StandardCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(path)
@@ -145,7 +180,7 @@ class Checkpoints:
     Reads metadata only, so a workdir is judged before anything in it is written.
     """
     for item, wanted, what in (
-        ("model", _without_rng(like.model), "model"),
+        ("model", without_rng(like.model), "model"),
         ("optimizer", nnx.to_pure_dict(like.optimizer), "optimizer state")):
       difference = _first_difference(self.saved_shapes(step, item), _flat_shapes(wanted))
       if difference is not None:
@@ -158,7 +193,7 @@ class Checkpoints:
   def restore(self, step: int, like: TrainState,
               data_iterator: grain.DatasetIterator) -> TrainState:
     """`like` with the values saved at `step`; also moves `data_iterator` there."""
-    model_target = _abstract(_without_rng(like.model))
+    model_target = _abstract(without_rng(like.model))
     optimizer_target = _abstract(nnx.to_pure_dict(like.optimizer))
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -171,14 +206,14 @@ class Checkpoints:
           f"{_first_line(error)}; resume with that run's settings, or use a new --workdir"
       ) from None
     model_state = jax.tree.map(lambda x: x, like.model)
-    nnx.replace_by_pure_dict(model_state, restored["model"])
+    _replace_by_pure_dict(model_state, restored["model"])
     optimizer_state = jax.tree.map(lambda x: x, like.optimizer)
-    nnx.replace_by_pure_dict(optimizer_state, restored["optimizer"])
+    _replace_by_pure_dict(optimizer_state, restored["optimizer"])
     return TrainState(model_state, optimizer_state)
 
   def restore_model(self, step: int, model: nnx.Module) -> None:
     """Loads the parameters saved at `step` into `model` (in place)."""
-    target = _abstract(_without_rng(nnx.state(model)))
+    target = _abstract(without_rng(nnx.state(model)))
     directory = self.manager.directory / str(step)
     difference = _first_difference(self.saved_shapes(step, "model"), _flat_shapes(target))
     if difference is not None:
@@ -191,7 +226,7 @@ class Checkpoints:
       raise IncompatibleCheckpoint(f"cannot read the model saved in {directory}: "
                                    f"{_first_line(error)}") from None
     state = nnx.state(model)
-    nnx.replace_by_pure_dict(state, restored["model"])
+    _replace_by_pure_dict(state, restored["model"])
     nnx.update(model, state)
 
   def close(self) -> None:
@@ -222,6 +257,11 @@ class ModelCard:
   # the shorter side goes to `resize_size` (None: straight to `image_size`).
   resize_size: int | None = None
   interpolation: str = "bilinear"
+  # Quantization-aware training ({"mode": "qat", "weight_bits": 8, "activation_bits": 8}), or
+  # None: load_model re-applies it so the model computes what training simulated.
+  quantization: dict | None = None
+  # What the outputs mean (vision.tasks: to_json of the task); None: single-label classification.
+  task: dict | None = None
 
   def options(self) -> ModelOptions:
     return ModelOptions(**{**self.model_options, "num_classes": self.num_classes,
@@ -269,6 +309,7 @@ def load_model(workdir: str | os.PathLike, *, which: str = "best") -> tuple[nnx.
   """
   card = ModelCard.read(workdir)
   model = create_model(card.arch, card.options(), rngs=nnx.Rngs(0))
+  model = quant.from_card(model, card.quantization, (card.image_size,) * 2 + (card.channels,))
   checkpoints = Checkpoints(workdir, best_metric=card.best_metric, read_only=True)
   step = (checkpoints.best_step() if which == "best" else None) or checkpoints.latest_step()
   if step is None:

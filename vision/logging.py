@@ -242,6 +242,9 @@ class MetricWriter:
   def write_summary(self, values: Mapping[str, Any]) -> None:
     pass
 
+  def write_tables(self, step: int, tables: Mapping[str, tuple[Sequence[str], Sequence]]) -> None:
+    """``{key: (columns, rows)}``: tables (per-class metrics, top losses) where the sink has them."""
+
   def flush(self) -> None:
     pass
 
@@ -274,6 +277,10 @@ class MultiWriter(MetricWriter):
   def write_summary(self, values):
     for writer in self._writers:
       writer.write_summary(values)
+
+  def write_tables(self, step, tables):
+    for writer in self._writers:
+      writer.write_tables(step, tables)
 
   def flush(self):
     for writer in self._writers:
@@ -455,6 +462,14 @@ class WandbWriter(MetricWriter):
 
   def write_hparams(self, hparams: Mapping[str, Any]):
     self._run.config.update({k: _to_python(v) for k, v in hparams.items()}, allow_val_change=True)
+
+  def write_tables(self, step: int, tables: Mapping[str, tuple[Sequence[str], Sequence]]) -> None:
+    """Each ``(columns, rows)`` as a ``wandb.Table`` under its key."""
+    import wandb
+
+    self._log(step, {key: wandb.Table(columns=list(columns), allow_mixed_types=True,
+                                      data=[[_to_python(v) for v in row] for row in rows])
+                     for key, (columns, rows) in tables.items()})
 
   def write_summary(self, values: Mapping[str, Any]) -> None:
     """Sets ``run.summary[k] = v`` (final/best values shown in run tables)."""

@@ -48,6 +48,7 @@ import logging
 import math
 import os
 import pathlib
+import random
 import signal
 import socket
 import subprocess
@@ -70,6 +71,10 @@ TRIAL_LOG = "sweep_trial.log"
 HEARTBEAT_EVERY_S = 30.0
 # How long a driver waits for another that claimed a new grid study to queue its points.
 GRID_WAIT_S = 120.0
+# How long a popped trial may go without its driver's attributes before it counts as orphaned.
+LAUNCH_GRACE_S = 60.0
+# Retries of create_study while another driver creates Optuna's tables (see _create_or_load_study).
+SCHEMA_RACE_ATTEMPTS = 5
 # A trial asked past the budget by a racing driver: never run, left out of the results.
 UNUSED = "unused"
 CLAIMS_TABLE = "vision_sweep_claims"
@@ -338,9 +343,7 @@ class Sweep:
     import optuna  # pylint: disable=import-outside-toplevel
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-      study = optuna.create_study(
-          storage=self.storage_url, study_name=self.spec.name, sampler=self.spec.sampler(),
-          direction=self.spec.goal, load_if_exists=True)
+      study = self._create_or_load_study(optuna)
     except ImportError as error:
       raise ConfigError(
           f"--storage {self.storage_url}: database driver missing ({error})") from None
@@ -358,6 +361,26 @@ class Sweep:
     study.set_user_attr("metric", self.spec.metric)
     study.set_user_attr("params", [p.key for p in self.spec.params])
     return study
+
+  def _create_or_load_study(self, optuna):
+    """optuna.create_study, retried while another driver creates Optuna's tables at this moment.
+
+    Two drivers starting together on an empty PostgreSQL database both run CREATE TABLE; the
+    loser gets a unique violation on PostgreSQL's own catalogue (pg_type), not an error of ours.
+    """
+    attempts_left = SCHEMA_RACE_ATTEMPTS
+    while True:
+      try:
+        return optuna.create_study(
+            storage=self.storage_url, study_name=self.spec.name, sampler=self.spec.sampler(),
+            direction=self.spec.goal, load_if_exists=True)
+      except Exception as error:  # pylint: disable=broad-except  (re-raised unless the race)
+        attempts_left -= 1
+        racing = type(error).__module__.startswith("sqlalchemy") and any(
+            sign in str(error) for sign in ("duplicate key", "already exists"))
+        if not racing or not attempts_left:
+          raise
+        time.sleep(0.2 + random.random())  # apart, so the retries do not collide again
 
   def _enqueue_grid(self, study) -> None:
     """Queues every grid point once, however many drivers start on the study at once."""
@@ -440,11 +463,14 @@ class Sweep:
       if trial.number in self.running:
         continue
       attrs = trial.user_attrs
-      if attrs.get("host") == self.host:
+      if "driver_pid" not in attrs:
+        # Popped by a driver that has not yet written who runs it (it is starting the child).
+        gone = now - trial.datetime_start.timestamp() > LAUNCH_GRACE_S
+      elif attrs.get("host") == self.host:
         gone = not _alive(attrs.get("driver_pid")) and not _alive(attrs.get("child_pid"))
       else:
         gone = now - attrs.get("heartbeat", 0.0) > STALE_AFTER_S
-      if gone or "driver_pid" not in attrs and now - trial.datetime_start.timestamp() > 60:
+      if gone:
         orphans.append(trial)
     return orphans
 

@@ -26,7 +26,7 @@ from vision import parallel
 from vision.checkpoint import ModelCard
 from vision.data.sources import RecordSource
 from vision.evaluate.evaluate import card_spec, eval_batch_size
-from vision.evaluate.inference import map_split
+from vision.evaluate.inference import predict_split
 from vision.active import strategies
 
 
@@ -92,13 +92,13 @@ def score_pool(model: nnx.Module, card: ModelCard, pool: RecordSource, *, strate
   spec = card_spec(card)
   scorer = make_scorer(model, mesh, embeddings=strategies.EMBEDDINGS in needs,
                        mc_samples=mc_samples if strategies.MC_DROPOUT in needs else 0, seed=seed)
-  outputs = map_split(scorer, pool, spec, batch_size=batch_size, mesh=mesh)
+  labels, outputs = predict_split(scorer, pool, spec, batch_size=batch_size, mesh=mesh)
   labelled_embeddings = None
   if strategies.LABELLED_EMBEDDINGS in needs and labelled is not None and len(labelled):
-    labelled_embeddings = map_split(scorer, labelled, spec, batch_size=batch_size,
-                                    mesh=mesh)["embeddings"]
+    labelled_embeddings = predict_split(scorer, labelled, spec, batch_size=batch_size,
+                                        mesh=mesh)[1]["embeddings"]
   scores = strategies.PoolScores(
       probs=outputs["probs"], embeddings=outputs.get("embeddings"),
       mutual_information=outputs.get("mutual_information"),
       labelled_embeddings=labelled_embeddings)
-  return scores, outputs["label"]
+  return scores, labels

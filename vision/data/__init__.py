@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from vision.data import prepared  # noqa: F401  (registers the prepared: source)
 from vision.data.pipeline import ImageSpec, image_spec
 from vision.data.sources import Dataset, open_dataset, split_options
 

@@ -15,7 +15,8 @@ so a folder means the same thing to both. Layouts:
     under DIR (README, data.yaml) are ignored; hidden files and folders are skipped,
     and macOS `._NAME` companions are counted in `skipped`.
   * `csv:FILE`: header `path,label[,split]`; `a;b` gives several labels (multi-label);
-    paths are relative to the CSV.
+    paths are relative to the CSV; every further column is one more label per image
+    (`Item.columns`; `experiments.prepare` keeps them for multi-task heads).
   * `labelstudio:FILE`: Label Studio's JSON export of an image-classification
     project (`choices`); the latest non-cancelled annotation wins.
 
@@ -53,6 +54,8 @@ class Item:
   labels: tuple[str, ...]
   split: str | None = None
   origin: str = ""
+  # Extra label columns of a CSV: (column, value) pairs, empty cells left out.
+  columns: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +162,9 @@ def list_csv(location: str) -> Listing:
       rows = list(reader)
   except (UnicodeDecodeError, csv.Error) as error:
     raise SourceError(f"{path} is not a UTF-8 CSV file ({error})") from None
+  extra = [c for c in reader.fieldnames or () if c not in ("path", "label", "split")]
+  if any(not c.strip() for c in extra):
+    raise SourceError(f"{path} has a label column without a name in its header")
   items, skipped = [], []
   for number, row in enumerate(rows, start=2):
     where = f"{path} line {number}"
@@ -170,7 +176,8 @@ def list_csv(location: str) -> Listing:
     if not file or not labels:
       skipped.append(Skipped(file or where, "unlabelled", f"{where} has no path or no label"))
       continue
-    items.append(Item(file, labels, split and SPLIT_ALIASES[split], where))
+    columns = tuple((c.strip(), (row[c] or "").strip()) for c in extra if (row[c] or "").strip())
+    items.append(Item(file, labels, split and SPLIT_ALIASES[split], where, columns))
   names = tuple(sorted({label for item in items for label in item.labels}))
   if not names:
     raise SourceError(f"{path} lists no labelled images")

@@ -5,10 +5,12 @@
 
 Sources: `folder:PATH` (class sub-folders, optionally under train/ val|valid|validation/
 test/), `csv:FILE` (columns `path,label[,split]`; `;` separates the labels of a
-multi-label image; paths relative to the CSV) and `labelstudio:FILE` (a Label
-Studio JSON export of an image-classification project with `choices`), listed by
-vision/data/listing.py and decoded by vision/data/decode.py exactly as training's
-sources do; the class structure is checked as theirs is (vision/data/structure.py).
+multi-label image; paths relative to the CSV; every further column is one more
+label per image, e.g. `garment`, which a multi-task head reads as
+`column:garment`) and `labelstudio:FILE` (a Label Studio JSON export of an
+image-classification project with `choices`), listed by vision/data/listing.py
+and decoded by vision/data/decode.py exactly as training's sources do; the class
+structure is checked as theirs is (vision/data/structure.py).
 
 The output directory holds one `SPLIT.array_record` per split (each record a
 small JSON header, then the image as lossless PNG, RGB, the right way up) and
@@ -38,7 +40,7 @@ from PIL import Image
 from vision.data import audit
 from vision.data.decode import decode_image
 from vision.data.listing import SPLITS, Item, Listing, list_source
-from vision.data.sources import SourceError, _stratified_split
+from vision.data.sources import SourceError, stratified_split
 from vision.data.structure import check_classes
 from vision.files import write_atomically, write_text_atomically
 
@@ -123,7 +125,7 @@ def _drop_conflicts_and_copies(kept: list[Kept]) -> tuple[list[Kept], list[audit
   for indices in groups.values():
     if len(indices) < 2:
       continue
-    if len({kept[i].item.labels for i in indices}) > 1:
+    if len({(kept[i].item.labels, kept[i].item.columns) for i in indices}) > 1:
       labels = {kept[i].item.path: "/".join(kept[i].item.labels) for i in indices}
       for i in indices:
         others = ", ".join(f"{p} ({l})" for p, l in labels.items() if p != kept[i].item.path)
@@ -174,7 +176,7 @@ def _carve(kept: list[Kept], class_names: Sequence[str], options: PrepareOptions
     pool = np.array([i for i, e in enumerate(kept) if e.split == "train"])
     labels = np.array([index[kept[i].item.labels[0]] for i in pool])
     count = max(1, round(fraction * len(pool)))
-    _, taken = _stratified_split(pool, labels, count, options.split_seed)
+    _, taken = stratified_split(pool, labels, count, options.split_seed)
     for i in taken:
       kept[int(i)].split = split
 
@@ -247,6 +249,7 @@ def _write_dataset(out: pathlib.Path, source: str, class_names: tuple[str, ...],
                    kept: list[Kept]) -> dict:
   index = {name: i for i, name in enumerate(class_names)}
   multi_label = any(len(k.item.labels) > 1 for k in kept)
+  label_columns = _label_columns(kept)
   splits, records_meta = {}, {}
   for split in SPLITS:
     members = [k for k in kept if k.split == split]
@@ -256,6 +259,8 @@ def _write_dataset(out: pathlib.Path, source: str, class_names: tuple[str, ...],
     for k in members:
       header = {"path": k.item.path, "labels": [index[l] for l in k.item.labels],
                 "sha256": k.inspected.sha256}
+      if label_columns:
+        header["columns"] = {c: label_columns[c].index(v) for c, v in k.item.columns}
       records.append(encode_record(k.png, header))
       rows.append({**header, "width": k.width, "height": k.height, "phash": k.inspected.phash})
     _write_records(out / f"{split}.array_record", records)
@@ -267,8 +272,19 @@ def _write_dataset(out: pathlib.Path, source: str, class_names: tuple[str, ...],
   metadata = {"format": FORMAT, "source": source, "class_names": list(class_names),
               "multi_label": multi_label, "image_size": _size_hint(kept), "splits": splits,
               "records": records_meta}
+  if label_columns:
+    metadata["label_columns"] = {c: list(values) for c, values in label_columns.items()}
   write_text_atomically(out / METADATA, json.dumps(metadata))
   return metadata
+
+
+def _label_columns(kept: list[Kept]) -> dict[str, tuple[str, ...]]:
+  """Each extra CSV label column → its values, sorted (a value's index is its class)."""
+  values: dict[str, set[str]] = collections.defaultdict(set)
+  for k in kept:
+    for column, value in k.item.columns:
+      values[column].add(value)
+  return {column: tuple(sorted(found)) for column, found in sorted(values.items())}
 
 
 def _audit_report(source: str, listing: Listing, kept: list[Kept],

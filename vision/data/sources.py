@@ -1,7 +1,8 @@
 """Data sources: `idx:`, `folder:`, `csv:`, `labelstudio:`, `tfds:`, `prepared:` for grain.
 
 Every source gives, per split, records `{'image': uint8 HWC, 'label': int}` and
-the dataset's class names. A split the source does not have (a validation split
+the dataset's class names (a prepared CSV with more label columns adds
+`'label/COLUMN': int` per extra column; a multi-label one adds `'labels'`). A split the source does not have (a validation split
 for Fashion-MNIST, every split of a flat folder) is carved from the training
 data by a seeded stratified split, so `train`, `val` and `test` never overlap:
 
@@ -17,7 +18,8 @@ one logged line, as `prepare` does, so no unreadable file is met after training.
 Every source's class structure is then checked (vision/data/structure.py).
 
 The registry `SOURCES` maps a prefix to the function that opens its native
-splits; add a kind of source by adding one entry.
+splits; add a kind of source by adding one entry (`prepared:` adds its own, in
+vision/data/prepared.py).
 """
 
 from __future__ import annotations
@@ -73,9 +75,11 @@ class NativeSplit:
 class NativeData:
   splits: Mapping[str, NativeSplit]
   class_names: tuple[str, ...] | None
-  # Prepared datasets: the default input size and the multi-label flag.
+  # Prepared datasets: the default input size, the multi-label flag, and the class names of
+  # each extra label column of a CSV (records carry `label/COLUMN`).
   image_size: int | None = None
   multi_label: bool = False
+  label_columns: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
   # The class list comes from the data itself (class folders, CSV labels), so a class
   # without training examples is a mistake (vision/data/structure.py).
   discovered_classes: bool = False
@@ -139,6 +143,18 @@ def multi_hot_reader(records: RecordSource):
     inner = multi_hot_reader(records.base)
     return inner and (lambda indices: inner(records.indices[np.asarray(indices, np.int64)]))
   return getattr(records, "read_multi_hot", None)
+
+
+# Batches and records carry an extra label column NAME under this prefix: 'label/NAME'.
+COLUMN_PREFIX = "label/"
+
+
+def column_reader(records: RecordSource):
+  """`indices -> {column: int64 [N]}` for sources with extra label columns (-1: no value), else None."""
+  if isinstance(records, SubsetSource):
+    inner = column_reader(records.base)
+    return inner and (lambda indices: inner(records.indices[np.asarray(indices, np.int64)]))
+  return getattr(records, "read_columns", None)
 
 
 def vectorised_reader(records: RecordSource):
@@ -393,18 +409,13 @@ def open_tfds(name: str, options: SplitOptions) -> NativeData:
   return NativeData(splits, class_names)
 
 
-def open_prepared(location: str, options: SplitOptions) -> NativeData:
-  from vision.data import prepared  # pylint: disable=import-outside-toplevel  (imports this module)
-  return prepared.open_prepared(location, options)
-
-
+# `prepared:` is registered by vision/data/prepared.py (imported by the vision.data package).
 SOURCES: dict[str, Callable[[str, SplitOptions], NativeData]] = {
     "idx": open_idx,
     "folder": listed_files_opener("folder"),
     "csv": listed_files_opener("csv"),
     "labelstudio": listed_files_opener("labelstudio"),
     "tfds": open_tfds,
-    "prepared": open_prepared,
 }
 
 
@@ -437,7 +448,7 @@ def carve_splits(data: NativeData, options: SplitOptions) -> dict[str, NativeSpl
   remaining = np.arange(len(train.labels))
   for split, fraction in carved.items():
     count = max(1, round(fraction * len(train.labels)))
-    keep, taken = _stratified_split(remaining, train.labels[remaining], count, options.split_seed)
+    keep, taken = stratified_split(remaining, train.labels[remaining], count, options.split_seed)
     splits[split] = NativeSplit(SubsetSource(train.records, taken), train.labels[taken])
     remaining = keep
   splits[options.train_split] = NativeSplit(
@@ -445,8 +456,8 @@ def carve_splits(data: NativeData, options: SplitOptions) -> dict[str, NativeSpl
   return splits
 
 
-def _stratified_split(indices: np.ndarray, labels: np.ndarray, count: int,
-                      seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(indices: np.ndarray, labels: np.ndarray, count: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
   """(kept, taken): `count` of `indices` taken, stratified by `labels` where scikit-learn can.
 
   A class's only example always stays: carving it would leave the class untrained.
@@ -478,6 +489,8 @@ class Dataset:
   class_names: tuple[str, ...]
   image_size: int | None = None  # the source's suggested input size, if it has one
   multi_label: bool = False
+  # Extra label columns (a CSV prepared with more than one label column): name → class names.
+  label_columns: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
   def split(self, name: str) -> RecordSource:
     if name not in self.splits:
@@ -503,7 +516,8 @@ def open_dataset(source: str, options: SplitOptions = SplitOptions()) -> Dataset
       discovered=data.discovered_classes):
     log.warning(warning)
   return Dataset({name: split.records for name, split in splits.items()}, class_names,
-                 image_size=data.image_size, multi_label=data.multi_label)
+                 image_size=data.image_size, multi_label=data.multi_label,
+                 label_columns=dict(data.label_columns))
 
 
 def _class_names(source: str, data: NativeData, options: SplitOptions) -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 """Class imbalance: class weights from counts, focal loss, the objective a config asks for.
 
     weights = class_weights(counts)                   # N / (C * count_c), "balanced"
-    loss_fn = make_loss(config.train, counts)         # CE / weighted CE / focal (/ BCE, multi-label)
+    loss_fn = make_loss(config.train, counts)         # CE / weighted CE / focal
     metric = best_metric(config.train, counts)        # 'val/macro_f1' when the data are imbalanced
 
 Config keys (vision/config.py): `train.loss` ('cross_entropy', 'focal'),
@@ -86,7 +86,8 @@ def make_loss(train_config, counts: np.ndarray | None) -> losses.LossFn:
   if not focal and per_class is None:
     plain = losses.classification_loss(smoothing)
 
-  def loss(logits: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+  def loss(logits: jax.Array, batch: dict[str, jax.Array], model=None) -> jax.Array:
+    del model
     if not focal and per_class is None and "targets" not in batch:
       return plain(logits, batch)
     soft = batch.get("targets")

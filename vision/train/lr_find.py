@@ -32,12 +32,12 @@ import numpy as np
 import optax
 
 from vision import config as config_lib
-from vision import parallel
+from vision import parallel, tasks
 from vision.config import ConfigError
 from vision.data import open_from_config, pipeline
 from vision.files import write_atomically, write_text_atomically
-from vision.train import losses, optim
-from vision.train.loop import build_model
+from vision.train import optim
+from vision.train.build import build_model
 from vision.train.step import Steps
 
 JSON_FILE = "lr_find.json"
@@ -175,13 +175,13 @@ def find_lr(config: ml_collections.ConfigDict, *, min_lr: float = 1e-5, max_lr: 
   dataset, spec = open_from_config(config.data)
   records = pipeline.limit_examples(dataset.split(config.data.train_split),
                                     config.data.max_train_examples)
-  model, _ = build_model(config, dataset, spec)
+  task = tasks.from_config(config, dataset)
+  model, _ = build_model(config, task, spec)
   schedule = optax.exponential_decay(min_lr, transition_steps=num_steps,
                                      decay_rate=max_lr / min_lr)
   optimizer = nnx.Optimizer(model, optim.make_optimizer(config.optim, schedule), wrt=nnx.Param)
   mesh = parallel.make_mesh()
-  steps = Steps.create(model, optimizer, mesh,
-                       loss=losses.classification_loss(config.train.label_smoothing))
+  steps = Steps.create(model, optimizer, mesh, task=task, loss=task.loss(config.train, records))
   batches = pipeline.train_iterator(records, config.data, spec,
                                     batch_size=config.train.batch_size // jax.process_count(),
                                     seed=config.seed)

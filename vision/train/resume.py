@@ -26,7 +26,7 @@ from vision import config as config_lib
 from vision import parallel
 from vision.data import fingerprint
 from vision.data.sources import Dataset
-from vision.train.step import TrainState
+from vision.checkpoint import TrainState
 
 log = logging.getLogger("vision")
 

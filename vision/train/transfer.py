@@ -41,9 +41,11 @@ import ml_collections
 import numpy as np
 import optax
 
+from vision.checkpoint import MODEL_CARD, load_model, without_rng
 from vision.config import ConfigError
 from vision.models import vit
 from vision.train import optim
+from vision.train.step import Steps
 
 log = logging.getLogger("vision")
 
@@ -53,12 +55,14 @@ HEAD = "head"
 
 # ------------------------------------------------------------------ init_from
 
-def _flat(tree: dict) -> dict[str, Any]:
+def flatten(tree: dict) -> dict[str, Any]:
+  """A nested dict of arrays → {dotted name: array} ("stages.0.conv.kernel")."""
   return {".".join(map(str, key)): value
           for key, value in traverse_util.flatten_dict(tree).items()}
 
 
-def _is_head(name: str) -> bool:
+def is_head(name: str) -> bool:
+  """Whether the dotted parameter name belongs to the model's head (the classifier)."""
   return name == HEAD or name.startswith(HEAD + ".")
 
 
@@ -105,7 +109,6 @@ def load_pretrained(model: nnx.Module, directory: str | os.PathLike, *, arch: st
   shaped tensor is a ConfigError naming it and, from `options` (the target's
   ModelOptions), the config keys in which the two models differ.
   """
-  from vision.checkpoint import MODEL_CARD, load_model, _without_rng  # pylint: disable=import-outside-toplevel
   directory = pathlib.Path(directory)
   try:
     source, card = load_model(directory)
@@ -115,17 +118,17 @@ def load_pretrained(model: nnx.Module, directory: str | os.PathLike, *, arch: st
     raise ConfigError(
         f"config key 'model.init_from': {directory} holds a {card.arch!r} model but "
         f"'model.name' is {arch!r}; set model.name={card.arch}")
-  source_params = _flat(_without_rng(nnx.state(source)))
+  source_params = flatten(without_rng(nnx.state(source)))
   target_state = nnx.state(model)
-  target = _flat(_without_rng(target_state))
+  target = flatten(without_rng(target_state))
   new_head = reset_head or card.num_classes != model.head.out_features
   merged, mismatched, resampled = {}, [], []
   groups = model.layer_groups()
   # Input side first, so the error names the first tensor that differs.
   for name in sorted(target, key=lambda n: group_index(n, groups)):
     value = target[name]
-    if new_head and _is_head(name):
-      merged[name] = value
+    if (new_head or name not in source_params) and is_head(name):
+      merged[name] = value  # a new head, or one of its extras (learned task weights) is new
     elif name not in source_params:
       mismatched.append(f"tensor '{name}' is missing from {directory}")
     elif source_params[name].shape != value.shape:
@@ -153,7 +156,7 @@ def load_pretrained(model: nnx.Module, directory: str | os.PathLike, *, arch: st
   nnx.replace_by_pure_dict(target_state, restored)
   nnx.update(model, target_state)
   log.info("init_from %s: copied %d tensors%s", directory,
-           sum(1 for n in merged if not (new_head and _is_head(n))),
+           sum(1 for n in merged if not (new_head and is_head(n))),
            "; new head" if new_head else "")
 
 
@@ -330,7 +333,6 @@ class PhasedTrain:
 def make_steps(config: ml_collections.ConfigDict, model: nnx.Module, optimizer: nnx.Optimizer,
                mesh: jax.sharding.Mesh, *, steps_per_epoch: int, **step_options):
   """`Steps.create`, with BatchNorm frozen where the transfer config says."""
-  from vision.train.step import Steps  # pylint: disable=import-outside-toplevel
   transfer = config.transfer
   if transfer.mode in ("none", "fine_tune"):
     configure = None
