@@ -29,24 +29,15 @@ a 1,024-image training split (e.g. --initial_labels=64 --query_size=32 --rounds=
 --seeds=1 --strategy=margin).
 """
 
-import importlib.util
 import pathlib
 
 from vision import config as config_lib
 
 
-def _quickstart():
-  """configs/fashion_mnist.py's config: its data, network and optimizer."""
-  path = pathlib.Path(__file__).with_name("fashion_mnist.py")
-  spec = importlib.util.spec_from_file_location("fashion_mnist_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def get_config(arg: str | None = None):
   arg = config_lib.parse_arg(arg, smoke=False)
-  config = _quickstart()
+  # configs/fashion_mnist.py's data, network and optimizer.
+  config = config_lib.from_file(pathlib.Path(__file__).with_name("fashion_mnist.py"))
   # Small labelled sets: half the quickstart's batch and learning rate, epochs over the labelled set.
   config.train.batch_size = 64
   config.train.epochs = 10.0

@@ -67,24 +67,16 @@ the same at any width. Folding BatchNorm into the convolutions and a static-batc
 batch-1 serving are the next steps for that column.
 """
 
-import importlib.util
 import pathlib
 
 from vision import config as config_lib
 
 
-def _quickstart(arg: str | None):
-  path = pathlib.Path(__file__).with_name("fashion_mnist.py")
-  spec = importlib.util.spec_from_file_location("fashion_mnist_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def get_config(arg: str | None = None):
   arg = config_lib.parse_arg(arg, sparsity=0.0, channel=False, qat=False, init="", epochs=0.0,
                              smoke=False)
-  config = _quickstart("smoke" if arg.smoke else None)
+  config = config_lib.from_file(pathlib.Path(__file__).with_name("fashion_mnist.py"),
+                                "smoke" if arg.smoke else None)
   if arg.epochs:
     config.train.epochs = arg.epochs
   if arg.sparsity:
