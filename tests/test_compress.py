@@ -18,7 +18,7 @@ from onnx import numpy_helper
 import optax
 import pytest
 
-from conftest import tiny_config, write_idx_dataset
+from conftest import REPO, tiny_config, write_idx_dataset
 from vision import config as config_lib
 from vision.checkpoint import ModelCard, load_model
 from vision.compress import channels, prune, quant
@@ -222,3 +222,26 @@ def test_pruned_qat_model_exports_its_zeros_and_int8_side_by_side(tmp_path, prun
   assert zeros / total >= 0.75 - 1 / total
   quantized = onnx.load(str(tmp_path / "v1" / "model.onnx"))
   assert sum(node.op_type == "QuantizeLinear" for node in quantized.graph.node) >= 4
+
+
+@pytest.mark.slow
+def test_the_compress_config_smoke_prunes_then_fine_tunes_with_qat(tmp_path):
+  """configs/compress_fashion_mnist.py as its docstring runs it: prune to 75%, then QAT from it."""
+  path = REPO / "configs/compress_fashion_mnist.py"
+  pruned, qat = tmp_path / "prune75", tmp_path / "qat_prune75"
+  for workdir, arg in ((pruned, "smoke,sparsity=0.75"),
+                       (qat, f"smoke,qat,sparsity=0.75,init={pruned}")):
+    config = config_lib.from_file(path, arg)
+    config.wandb.mode = "disabled"
+    config.train.epochs = 0.5  # the docstring's smoke is 2 epochs of 2,048 images
+    loop.train(config, workdir)
+  prunable = ("stages.1.conv.kernel", "stages.2.conv.kernel", "hidden.kernel")
+  for workdir in (pruned, qat):
+    model, card = load_model(workdir)
+    params = nnx.state(quant.float_model(model), nnx.Param)
+    assert prune.sparsity_of(params, prunable) >= 0.75 - 1e-3, workdir.name
+  assert card.quantization["mode"] == "qat"
+  zeros = [np.asarray(v) == 0 for v in jax.tree.leaves(
+      nnx.state(quant.float_model(load_model(pruned)[0]), nnx.Param))]
+  still = [np.asarray(v) == 0 for v in jax.tree.leaves(params)]
+  assert all(np.all(b[a]) for a, b in zip(zeros, still))  # QAT kept the pruned weights at zero
