@@ -36,10 +36,11 @@ def messy(tmp_path_factory):
 
 
 def _by_path(report: dict, root: pathlib.Path) -> dict[str, set[str]]:
+  """{file: kinds}; a group finding (near duplicates) counts for each of its members."""
   found: dict[str, set[str]] = {}
   for finding in report["findings"]:
-    found.setdefault(str(pathlib.Path(finding["path"]).relative_to(root)), set()).add(
-        finding["kind"])
+    for path in finding.get("members") or [finding["path"]]:
+      found.setdefault(str(pathlib.Path(path).relative_to(root)), set()).add(finding["kind"])
   return found
 
 
@@ -145,6 +146,7 @@ def test_prepare_cli_then_fashion_mnist_config_trains_on_prepared(tmp_path, mess
   result = run_module("experiments.prepare", f"--source=folder:{root}", f"--out={out}",
                       "--max_pixels=5000")
   assert "prepared:" in result.stdout and "truncated: 1" in result.stdout
+  assert "near duplicates: 1 group(s), 2 images" in result.stdout
   workdir = tmp_path / "run"
   # As `experiments.train --config=configs/fashion_mnist.py --config.KEY=VALUE ...`, in-process
   # to spare a second interpreter start (the train CLI's overrides are tested in test_train.py).

@@ -58,7 +58,8 @@ def kl_divergence(student_logits: jax.Array, teacher_probs: jax.Array,
 def distillation_loss(temperature: float, hard_label_weight: float = 0.0,
                       label_smoothing: float = 0.0) -> losses.LossFn:
   """(1-w)·T²·KL(teacher ‖ student) + w·CE(labels), plus teacher/agreement metrics."""
-  def loss(logits: jax.Array, batch: Batch):
+  def loss(logits: jax.Array, batch: Batch, model=None):
+    del model
     teacher_probs = batch[TEACHER_PROBS]
     kl = kl_divergence(logits, teacher_probs, temperature)
     value = (1.0 - hard_label_weight) * kl
@@ -76,6 +77,10 @@ def distillation_loss(temperature: float, hard_label_weight: float = 0.0,
 
 
 def _check_teacher(card: ModelCard, student: ModelCard, workdir: str) -> None:
+  for who, task in ((workdir, card.task), ("the student", student.task)):
+    if (task or {}).get("name", "classification") != "classification":
+      raise ConfigError(f"config key 'distill.teachers': distillation matches softmax outputs, "
+                        f"but {who} is a {task['name']} model (task.name='classification' only)")
   if card.class_names != student.class_names:
     raise ConfigError(
         f"config key 'distill.teachers': {workdir} predicts {list(card.class_names)}, "
