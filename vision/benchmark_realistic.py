@@ -30,7 +30,7 @@ from flax import nnx
 import jax
 import numpy as np
 
-from vision import benchmark, torch_speed
+from vision import benchmark, tasks, torch_speed
 from vision.checkpoint import ModelCard
 from vision.models import ModelOptions, create_model
 
@@ -75,7 +75,7 @@ def _serving(name: str, options: RealisticOptions):
                    class_names=tuple(str(i) for i in range(options.num_classes)),
                    image_size=options.image_size, channels=3, mean=_MEAN, std=_STD,
                    model_options={})
-  return serving_function(model, card)
+  return serving_function(model, card, tasks.from_card(card))
 
 
 def _jax_predict(serving, images: np.ndarray) -> tuple[Callable, float]:
