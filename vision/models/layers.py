@@ -156,15 +156,18 @@ def matmul_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], p
   return _contract(patches, rhs, groups, precision, preferred_element_type)
 
 
-def materialise(x: jax.Array) -> jax.Array:
+def materialise(x: jax.Array, witness: jax.Array | None = None) -> jax.Array:
   """`x`, as a value XLA must hold in memory: its consumers cannot fuse (and recompute) its producers.
 
   XLA expands optimization barriers before fusion, so they do not stop it; a
   conditional is a fusion boundary, and its predicate is only known at run time.
-  The other branch makes an `x` that starts with NaN all NaN: non-finite stays
-  non-finite (the train step's check), at no cost to finite values.
+  The predicate is whether the first element of `witness` (default `x`) is a
+  number; the other branch makes `x` all NaN, so non-finite stays non-finite
+  (the train step's check) at no cost to finite values. Pass a replicated
+  `witness` (a kernel) when `x` is sharded over the data axis: slicing one
+  element out of a sharded array is not allowed there.
   """
-  first = x.reshape(-1)[0]
+  first = (x if witness is None else witness).reshape(-1)[0]
   return lax.cond(first == first, lambda v: v, lambda v: jnp.full_like(v, jnp.nan), x)
 
 
@@ -204,8 +207,9 @@ def _lax_conv_forward(lhs, rhs, conv):
 
 def _lax_conv_backward(conv, residuals, gradient):
   lhs, rhs = residuals
-  _, vjp = jax.vjp(conv, materialise(lhs), rhs)
-  return vjp(materialise(gradient))
+  # The kernel is the witness: it is replicated, while the activations may be data-sharded.
+  _, vjp = jax.vjp(conv, materialise(lhs, rhs), rhs)
+  return vjp(materialise(gradient, rhs))
 
 
 lax_conv.defvjp(_lax_conv_forward, _lax_conv_backward)
