@@ -49,9 +49,10 @@ def get_config(arg: str | None = None):
   if arg.smoke:
     config.data.max_train_examples = 1024
     config.data.max_eval_examples = 512
-    config.train.epochs = 1.0
+    config.train.epochs = 2.0
     config.train.num_steps = None
     config.train.log_every_steps = 4
+    config.train.eval_every_steps = 4  # a few points on each curve
   return config
 
 
