@@ -20,18 +20,14 @@ val/accuracy 0.40 and 0.42 after one epoch of 1,024 images. The full 8-trial
 sweep was not run on this shared machine (estimated 3-4 minutes of CPU per trial).
 """
 
-import importlib.util
 import pathlib
 
 from vision import config as config_lib
 
 
 def _base(smoke: bool):
-  path = pathlib.Path(__file__).with_name("fashion_mnist.py")
-  spec = importlib.util.spec_from_file_location("fashion_mnist_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("smoke" if smoke else None)
+  return config_lib.from_file(pathlib.Path(__file__).with_name("fashion_mnist.py"),
+                              "smoke" if smoke else None)
 
 
 def _arg(arg):

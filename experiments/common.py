@@ -9,10 +9,11 @@ command with one line on stderr, `error: ...`, and exit status 2.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, Iterable, NoReturn
 
 from absl import app
 from absl import flags
@@ -20,15 +21,35 @@ from absl import logging as absl_logging
 
 from vision.config import ConfigError, check_override_keys
 from vision.data.sources import SourceError
+from vision.export.errors import ExportError
 from vision.train.loop import TrainingDiverged
 
-# Mistakes a user can fix; they are reported as one line, without a traceback.
-USER_ERRORS = (ConfigError, SourceError, FileNotFoundError, TrainingDiverged)
+# Mistakes a user can fix, and failures they can route around (a converter's: ExportError says
+# which format, op and what to do); each is reported as one line, without a traceback.
+USER_ERRORS = (ConfigError, SourceError, FileNotFoundError, TrainingDiverged, ExportError)
 
 
 def fail(message: str) -> NoReturn:
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
+
+
+def image_paths(argv: list[str]) -> list[str]:
+  """The image files after the flags; a usage error without any."""
+  if len(argv) < 2:
+    raise app.UsageError("give one or more image files after the flags")
+  return argv[1:]
+
+
+def print_results(results: Iterable[dict], count: int) -> None:
+  """One JSON line per image's result; exit status 1 after them all when some had an "error"."""
+  failed = 0
+  for result in results:
+    failed += "error" in result
+    print(json.dumps(result), flush=True)
+  if failed:
+    print(f"error: {failed} of {count} images could not be read", file=sys.stderr)
+    sys.exit(1)
 
 
 def reject_extra_arguments(argv: list[str]) -> None:

@@ -6,9 +6,13 @@
 
 Formats: saved_model, tflite, onnx, stablehlo (--int8: tflite and onnx). OUT
 gets the model file, export.json and export_report.json; the command prints
-the report and exits with `error: ...` (status 2) when the exported model
-disagrees with the JAX model on the validation split (fp32: top-1 agreement
-below 99.9%; int8: below 97% or accuracy down by more than 2 points).
+the report. The check runs on a fixed random sample of the validation split
+(--max_examples, 2,000 by default; 0 for all of it), streamed in batches with
+progress on stderr. It exits with one line `error: ...` (status 2) when the
+exported model disagrees with the JAX model (fp32: top-1 agreement below
+99.9%; int8: below 97% or accuracy down by more than 2 points), or when a
+converter fails (`error: <format>: <op or reason>; <what to do>`; OUT is left
+as it was).
 """
 
 import json
@@ -32,8 +36,9 @@ _VERSION = flags.DEFINE_string("version", None, "The version label the server re
                                "(default: a short hash of the model file).")
 _DATA = flags.DEFINE_string("data", None, "Data source for the parity check and calibration "
                             "(default: the one in WORKDIR/config.json).")
-_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Check on at most this many "
-                                     "validation images (default: all).")
+_MAX_EXAMPLES = flags.DEFINE_integer(
+    "max_examples", export.DEFAULT_MAX_EXAMPLES, "Check on a fixed random sample of this many "
+    "validation images (0: the whole split).")
 _CALIBRATION = flags.DEFINE_integer("calibration_examples", 256, "Training images that "
                                     "calibrate int8 quantization.")
 flags.mark_flags_as_required(["workdir", "format", "out"])

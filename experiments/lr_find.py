@@ -6,7 +6,9 @@
 Trains the config's model from scratch with the LR growing exponentially from
 --min_lr to --max_lr over --num_steps steps (stopping once the loss blows up),
 then writes WORKDIR/lr_find.png and WORKDIR/lr_find.json (`suggested_lr`,
-`min_loss_lr`, `steepest_lr`, and the curve) and prints the suggestion.
+`min_loss_lr`, `steepest_lr`, `conclusive`, `note` and the curve) and prints the
+suggestion — or, when the curve shows no minimum (the loss lowest at the first
+LR, too few steps), "no suggestion: the test was inconclusive: WHY" (exit 0).
 """
 
 import pathlib
@@ -36,9 +38,7 @@ def main(argv: list[str]) -> None:
   workdir = _WORKDIR.value or f"runs/lr_find/{config_name}"
   if parallel.is_main_process():
     paths = result.write(workdir)
-    print(f"suggested learning rate {result.suggested_lr:.3g} (loss lowest at "
-          f"{result.min_loss_lr:.3g}, falling fastest at {result.steepest_lr:.3g}; "
-          f"{len(result.lrs)} steps{', stopped early' if result.stopped_early else ''})")
+    print(result.summary())
     print(f"plot {paths['plot']}, values {paths['json']}")
 
 

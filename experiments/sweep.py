@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
   # The base config must be sound before any trial starts. Without touching JAX's devices: a
   # driver with JAX's threads running must not fork its trial processes.
   config = config_lib.validate(_CONFIG.value, check_environment=False)
-  config_lib._check_source_exists(config.data.source)  # pylint: disable=protected-access
+  config_lib.check_source_exists(config.data.source)
   value, config_file, config_arg, overrides = _config_argument()
   spec = sweep_lib.load_sweep(config_file, config_arg)
   sweep = sweep_lib.Sweep(

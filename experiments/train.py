@@ -12,7 +12,7 @@ from ml_collections import config_flags
 
 from experiments import common
 from vision import parallel
-from vision.train import loop
+from vision.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (NAME.py[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
@@ -22,7 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
   common.reject_extra_arguments(argv)
   parallel.initialize_distributed()
-  report = loop.train(_CONFIG.value, _WORKDIR.value)
+  report = trainer.train(_CONFIG.value, _WORKDIR.value)
   print(f"test accuracy {report['accuracy']:.4f}  ({_WORKDIR.value}/eval/test/report.json)")
 
 

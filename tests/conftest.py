@@ -14,6 +14,14 @@ from PIL import Image
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# One persistent XLA compilation cache for the whole test run, its xdist workers and every
+# command a test starts (they inherit the environment): the same tiny programs compile in
+# dozens of tests and subprocesses. Set before anything imports JAX, which reads these once.
+# A run that sets JAX_COMPILATION_CACHE_DIR itself (or to "" to turn it off) keeps its own.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax-compilation"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))  # LRU beyond 4 GiB
 NUM_CLASSES = 4
 SIZE = 16
 
@@ -144,3 +152,30 @@ def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
                         "WANDB_CONFIG_DIR": str(root / "wandb-config"),
                         "WANDB_CACHE_DIR": str(root / "wandb-cache")})
   return workdir
+
+
+@pytest.fixture(scope="session")
+def quadrant_run(tmp_path_factory) -> pathlib.Path:
+  """A small CNN trained in-process (150 steps) on tests/quadrant_data.py, made once.
+
+  32×32 grey images whose class (a texture) sits in a random quadrant; test
+  accuracy 1.0. Its end of training fitted the temperature and wrote eval/test/
+  (report.json, plots, report.html) and an offline W&B run. Treat it as read-only.
+  """
+  import quadrant_data  # pylint: disable=import-outside-toplevel
+  from vision.train import loop  # pylint: disable=import-outside-toplevel
+
+  root = tmp_path_factory.mktemp("quadrant")
+  data = quadrant_data.write_quadrant_idx(root / "idx")
+  config = tiny_config(f"idx:{data}", steps=150)
+  config.data.class_names = quadrant_data.CLASS_NAMES
+  config.train.batch_size = 64
+  config.train.eval_every_steps = 75
+  config.train.log_every_steps = 50
+  with pytest.MonkeyPatch.context() as patch:
+    for key, value in (("WANDB_MODE", "offline"), ("WANDB_SILENT", "true"),
+                       ("WANDB_CONFIG_DIR", str(root / "wandb-config")),
+                       ("WANDB_CACHE_DIR", str(root / "wandb-cache"))):
+      patch.setenv(key, value)
+    loop.train(config, root / "run")
+  return root / "run"

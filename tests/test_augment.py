@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vision import config as config_lib
-from vision import parallel
+from vision import parallel, tasks
 from vision.data import augment, pipeline
 from vision.data.sources import ArraySource
 
@@ -89,7 +89,7 @@ def _one_hot_batch(count: int = 8, size: int = 8):
 def test_mixup_and_cutmix_label_mass_sums_to_one_and_matches_the_pixels(kind):
   data = config_lib.defaults().data
   data[f"{kind}_alpha"] = 1.0
-  transform = jax.jit(augment.device_transform(data, num_classes=8))
+  transform = jax.jit(augment.device_transform(data, tasks.plain_classification(8).dense_targets))
   # Sharded over the data axis of the project's (explicit) mesh, as in the train step.
   batch = parallel.to_global({k: np.asarray(v) for k, v in _one_hot_batch().items()},
                              parallel.make_mesh())

@@ -39,7 +39,7 @@ def test_unknown_key_suggests_the_right_one():
     ("train.label_smoothing", 1.5, r"'train.label_smoothing' must be in \[0, 1\)"),
     ("model.name", "resnet19", r"'model.name' is 'resnet19'; known models: .*resnet18"),
     ("data.source", "idx:/no/such/dir", r"'data.source': directory '/no/such/dir' does not exist"),
-    ("data.source", "s3:bucket", r"expected 'idx:PATH', 'folder:PATH', 'tfds:NAME' or 'prepared:DIR'"),
+    ("data.source", "s3:bucket", r"expected 'idx:PATH', 'folder:PATH', 'csv:FILE', 'labelstudio:FILE', 'tfds:NAME' or 'prepared:DIR'"),
 ])
 def test_bad_values_name_the_key(key, value, message):
   with pytest.raises(config_lib.ConfigError, match=message):

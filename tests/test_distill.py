@@ -79,7 +79,8 @@ def test_the_hard_label_term_is_the_runs_own_loss_and_keeps_its_metrics():
   batch = {"label": jnp.array([0, 1]), "targets": jnp.array([[0.7, 0.3], [0.4, 0.6]]),
            distill.TEACHER_PROBS: jnp.array([[0.9, 0.1], [0.2, 0.8]])}
 
-  def label_loss(logits, batch):
+  def label_loss(logits, batch, model=None):
+    del model
     value = optax.softmax_cross_entropy(logits, batch["targets"]).mean()
     return value, {"train/label_loss": value}
 

@@ -12,7 +12,7 @@ from conftest import run_module
 from vision.checkpoint import load_model
 from vision.export import ExportedModel, ParityError, export_workdir, load_exported
 from vision.export import export as export_lib
-from vision.export.latency import compare_latency, format_latency_table
+from vision.export.compare import compare_latency, format_latency_table
 
 pytestmark = pytest.mark.slow
 REPORT_KEYS = {"top1_agreement", "accuracy_exported", "accuracy_jax", "max_abs_logit_diff",
@@ -37,7 +37,9 @@ def _check_directory(out: pathlib.Path, fmt: str, workdir: pathlib.Path, int8: b
   assert info["class_names"] == ["a", "b", "c", "d"]
   assert info["input"] == {"name": "images", "dtype": "uint8", "layout": "NHWC", "height": 16,
                            "width": 16, "channels": 1}
-  assert info["outputs"] == ["logits", "embedding"]
+  assert info["outputs"] == ["logits", "probabilities", "embedding"]
+  assert info["task"]["temperature"] == json.loads(
+      (workdir / "model_card.json").read_text())["task"]["temperature"]
   assert info["source_workdir"] == str(workdir.absolute())
   assert (out / info["model_file"]).exists() and len(info["version"]) == 12
   report = json.loads((out / "export_report.json").read_text())
@@ -61,6 +63,12 @@ def test_fp32_export_matches_jax_at_any_batch_size(tmp_path, tiny_model_dir, fmt
     assert outputs["logits"].shape == (batch, 4) and outputs["embedding"].shape == (batch, 128)
     np.testing.assert_allclose(outputs["logits"], logits, atol=1e-4)
     np.testing.assert_allclose(outputs["embedding"], embedding, atol=1e-4)
+    # The graph applies the temperature fitted on validation at the end of training.
+    temperature = json.loads((tmp_path / fmt / "export.json").read_text())["task"]["temperature"]
+    scaled = logits / temperature
+    expected = np.exp(scaled - scaled.max(1, keepdims=True))
+    np.testing.assert_allclose(outputs["probabilities"], expected / expected.sum(1, keepdims=True),
+                               atol=1e-4)
 
 
 def test_the_model_files_declare_uint8_input_with_a_free_batch_dimension(tmp_path, tiny_model_dir):
@@ -72,7 +80,7 @@ def test_the_model_files_declare_uint8_input_with_a_free_batch_dimension(tmp_pat
   (onnx_input,) = session.get_inputs()
   assert onnx_input.name == "images" and onnx_input.type == "tensor(uint8)"
   assert not isinstance(onnx_input.shape[0], int) and onnx_input.shape[1:] == [16, 16, 1]
-  assert [o.name for o in session.get_outputs()] == ["logits", "embedding"]
+  assert [o.name for o in session.get_outputs()] == ["logits", "probabilities", "embedding"]
 
   export_workdir(tiny_model_dir, "tflite", tmp_path / "tflite", latency_repeats=2, max_examples=8)
   runner = Interpreter(str(tmp_path / "tflite/model.tflite")).get_signature_runner()

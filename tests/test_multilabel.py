@@ -11,8 +11,12 @@ from PIL import Image
 import pytest
 
 from conftest import tiny_config
+from vision import tasks
 from vision.data import prepare
-from vision.train import loop, multilabel
+from vision.evaluate.evaluate import evaluate_workdir
+from vision.evaluate.predict import predict_files
+from vision.tasks import multi_label as multilabel
+from vision.train import loop
 
 QUADRANTS = ("top_left", "top_right", "bottom_left", "bottom_right")
 
@@ -64,6 +68,7 @@ def test_multilabel_training_from_csv(tmp_path):
       val_fraction=0.2, test_fraction=0.2))
   assert report["multi_label"]
   config = tiny_config(f"prepared:{out}", steps=24)
+  config.task.name = "multi_label"  # what 'auto' picks for these data; named, as users may
   config.wandb.mode = "disabled"
   config.train.eval_every_steps = 12
   config.optim.name, config.optim.learning_rate = "adamw", 0.01
@@ -75,5 +80,17 @@ def test_multilabel_training_from_csv(tmp_path):
   assert result["macro_avg"]["f1"] > 0.6, result["macro_avg"]
   card = json.loads((tmp_path / "run/model_card.json").read_text())
   assert card["best_metric"] == "val/macro_f1"
+  # A multi-label report: its per-class table in report.html, no softmax calibration.
+  assert result["tta"] == "none" and "calibration" not in result
+  assert "average_precision" in (tmp_path / "run/eval/test/report.html").read_text()
   metrics = [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
   assert any("val/mAP" in m for m in metrics)
+  # experiments.evaluate's code scores the directory again: the same thresholds and report.
+  (tmp_path / "run/thresholds.json").unlink()
+  again = evaluate_workdir(tmp_path / "run", "test")
+  assert again == result
+  assert json.loads((tmp_path / "run/thresholds.json").read_text()) == thresholds
+  assert "mAP:" in tasks.load(tmp_path / "run").summary(again)
+  # predict names the classes over their thresholds.
+  (line,) = predict_files(tmp_path / "run", [str(csv_file.parent / "img/0.png")])
+  assert set(line) == {"file", "labels", "top"} and set(line["labels"]) <= set(QUADRANTS)

@@ -125,6 +125,68 @@ def test_predicts_png_and_jpeg_uploads_with_labels_and_version(server):
   assert response.json()["predictions"][0]["top"][0]["label"] == LABELS[labels[1]]
 
 
+def test_answers_are_temperature_scaled_unless_raw_probabilities_is_asked(server, exports):
+  url, _ = server
+  temperature = json.loads((exports["v1"] / "export.json").read_text())["task"]["temperature"]
+  assert temperature != 1.0  # fitted on validation at the end of training
+  images, _ = labelled_images(1, seed=5)
+  answers = {}
+  for raw in (False, True):
+    response = predict_file(url, encode(images[0]), version="v1", raw_probabilities=raw)
+    assert response.status_code == 200, response.text
+    answers[raw] = {t["label"]: t["prob"] for t in response.json()["predictions"][0]["top"]}
+  # softmax(z / T) is softmax(log p_raw / T): the calibrated answer follows from the raw one.
+  scaled = {k: np.exp(np.log(max(p, 1e-30)) / temperature) for k, p in answers[True].items()}
+  total = sum(scaled.values())
+  for label, prob in answers[False].items():
+    assert prob == pytest.approx(scaled[label] / total, abs=2e-3)
+  assert max(answers[False], key=answers[False].get) == max(answers[True], key=answers[True].get)
+
+
+def test_predict_and_server_see_exif_rotated_and_transparent_files_alike(server, tiny_model_dir,
+                                                                         tmp_path):
+  """experiments.predict and /v1/predict on the same files: upright, on white, same answer.
+
+  The tiny model's class is its bright quadrant, so reading the phone photo sideways
+  or the transparent PNG's hidden black gives another class (checked below).
+  """
+  from vision.evaluate.predict import predict_files  # pylint: disable=import-outside-toplevel
+
+  def predict(paths):
+    return [r["top"] for r in predict_files(tiny_model_dir, [str(p) for p in paths])]
+
+  url, _ = server
+  rng = np.random.default_rng(11)
+  black = tmp_path / "black.png"
+  black.write_bytes(encode(np.zeros((16, 16), np.uint8)))
+  sideways = tmp_path / "sideways.png"  # the phone photo's pixels as stored
+  upright = class_pattern(0, rng)  # bright top-left: "a"; stored turned 90° anticlockwise
+  sideways.write_bytes(encode(np.ascontiguousarray(np.rot90(upright))))
+  raw_tops = predict([sideways, black])
+  assert raw_tops[0][0]["label"] != "a"
+  hidden_label = next(i for i in (1, 2, 3, 0) if LABELS[i] != raw_tops[1][0]["label"])
+  exif = Image.Exif()
+  exif[0x0112] = 6  # "rotate 90° clockwise to display"
+  jpeg = io.BytesIO()
+  Image.fromarray(np.ascontiguousarray(np.rot90(upright))).save(jpeg, format="JPEG", quality=95,
+                                                                exif=exif)
+  rgba = np.zeros((16, 16, 4), np.uint8)  # black everywhere; the picture lives in the alpha
+  rgba[..., 3] = 255 - class_pattern(hidden_label, rng)  # on white: 255 - alpha = the picture
+  files = {"phone.jpg": (jpeg.getvalue(), "image/jpeg", "a"),
+           "transparent.png": (encode(rgba), "image/png", LABELS[hidden_label])}
+  for name, (data, _, _) in files.items():
+    (tmp_path / name).write_bytes(data)
+  for (name, (data, content_type, label)), top in zip(files.items(),
+                                                       predict(tmp_path / n for n in files)):
+    response = predict_file(url, data, name, content_type, version="v1")
+    assert response.status_code == 200, response.text
+    served = response.json()["predictions"][0]["top"]
+    assert top[0]["label"] == served[0]["label"] == label, (name, top, served)
+    np.testing.assert_allclose([t["prob"] for t in served],
+                               [{t["label"]: t["prob"] for t in top}[s["label"]] for s in served],
+                               atol=1e-4, err_msg=name)
+
+
 def test_json_base64_vertex_instances_and_sagemaker_invocations(server):
   url, _ = server
   images, labels = labelled_images(3, seed=9)

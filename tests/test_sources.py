@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -72,3 +74,25 @@ def test_tfds_source_reads_array_record_through_mock_data():
     assert len(dataset.split("val")) == 10 and len(dataset.split("train")) == 30
     record = dataset.split("test")[3]
     assert record["image"].shape == (28, 28, 1) and record["image"].dtype == np.uint8
+
+
+def test_csv_and_labelstudio_sources_train_as_folders_do(tmp_path, folder_dir):
+  """csv: (multi-label with `a;b`) and labelstudio: open directly, as prepare lists them."""
+  rows = ["path,label,split"]
+  tasks = []
+  for i, path in enumerate(sorted(folder_dir.rglob("*.png"))):
+    name = path.parent.name
+    rows.append(f"{path},{name};zigzag,{'val' if i % 4 == 0 else 'train'}" if i % 3 == 0
+                else f"{path},{name},{'val' if i % 4 == 0 else 'train'}")
+    tasks.append({"id": i, "data": {"image": str(path)}, "annotations": [{"result": [
+        {"type": "choices", "value": {"choices": [name]}}]}]})
+  (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+  dataset = open_dataset(f"csv:{tmp_path / 'labels.csv'}")
+  assert dataset.multi_label and dataset.class_names == ("circle", "square", "triangle", "zigzag")
+  assert len(dataset.split("val")) == 24 and len(dataset.split("test")) == 7  # 10% of train, carved
+  assert len(dataset.split("train")) == 72 - 7
+  record = dataset.split("val")[0]  # rows 0, 12, ...: 'circle;zigzag'
+  assert record["labels"].tolist() == [1, 0, 0, 1] and record["image"].shape == (20, 20, 3)
+  (tmp_path / "export.json").write_text(json.dumps(tasks))
+  dataset = open_dataset(f"labelstudio:{tmp_path / 'export.json'}")
+  assert not dataset.multi_label and sum(len(s) for s in dataset.splits.values()) == 96

@@ -151,7 +151,8 @@ def test_evaluate_an_ensemble_of_trials_side_by_side(sweep_dir, tmp_path):
   result = run_module("experiments.evaluate", *(f"--workdir={m}" for m in members),
                       f"--output_dir={tmp_path / 'ens'}")
   lines = result.stdout.splitlines()
-  assert lines[0].split() == ["model", "accuracy", "loss", "macro_f1"]  # 4 classes: no top-5
+  # 4 classes: no top-5; the task's calibration scalars follow the fixed columns.
+  assert lines[0].split() == ["model", "accuracy", "loss", "macro_f1", "ece", "ece_calibrated"]
   assert [line.split()[0] for line in lines[1:4]] == [str(members[0]), str(members[1]), "ensemble"]
   summary = json.loads((tmp_path / "ens/members.json").read_text())
   member_reports = [json.loads((m / "eval/test/report.json").read_text()) for m in members]

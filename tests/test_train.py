@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -103,13 +104,21 @@ def test_idx_run_writes_everything_and_the_clis_read_it(tmp_path, idx_dir):
   assert set(lines[0]["top"][0]) == {"label", "index", "prob"}
 
 
-def test_folder_source_trains_in_process(tmp_path, folder_dir):
+def test_folder_source_trains_in_process(tmp_path, folder_dir, caplog):
+  """A truncated JPEG and macOS `._` files are skipped and counted up front, never met later."""
+  jpeg = io.BytesIO()
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(
+      jpeg, format="JPEG")
+  (folder_dir / "circle" / "broken.jpg").write_bytes(jpeg.getvalue()[:2000])
+  (folder_dir / "square" / "._000.png").write_bytes(b"\0\5\26\7 AppleDouble")
   config = tiny_config(f"folder:{folder_dir}")
   config.data.image_size = 16
   config.data.test_fraction = 0.125
   report = loop.train(config, tmp_path / "run")
   assert report["class_names"] == ["circle", "square", "triangle", "zigzag"]
   assert report["num_examples"] == 12
+  skipped = [r.getMessage() for r in caplog.records if " skipped " in r.getMessage()]
+  assert skipped and "skipped 2 of 98 files (macos-companion: 1, truncated: 1)" in skipped[0]
   card = json.loads((tmp_path / "run/model_card.json").read_text())
   assert card["channels"] == 3 and card["image_size"] == 16 and card["num_classes"] == 4
 
@@ -144,7 +153,10 @@ def _start_training(workdir: pathlib.Path, idx_dir: pathlib.Path, steps: int) ->
       [sys.executable, "-m", "experiments.train", f"--config={TINY}:source=idx:{idx_dir},steps={steps}",
        f"--workdir={workdir}", "--config.train.checkpoint_every_steps=4",
        "--config.train.eval_every_steps=1000", "--config.data.crop_padding=2",
-       "--config.data.flip=True", "--config.model.dropout=0.1"],
+       "--config.data.flip=True", "--config.model.dropout=0.1",
+       # Pruning masks (optimizer state) must resume exactly too.
+       "--config.prune.sparsity=0.6", "--config.prune.start=0.0", "--config.prune.end=0.5",
+       "--config.prune.update_every=3"],
       cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -166,6 +178,7 @@ def test_sigkill_and_rerun_ends_bit_identical(tmp_path, idx_dir):
     assert process.returncode == 0, stderr.decode()[-3000:]
   expected, got = saved_arrays(uninterrupted, steps), saved_arrays(interrupted, steps)
   assert expected.keys() == got.keys() and len(expected) > 10
+  assert any("masks" in key for key in expected)
   for key in expected:
     np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
   steps_logged = [m["step"] for m in read_metrics(interrupted)]

@@ -19,11 +19,12 @@ import pytest
 from conftest import tiny_config, write_idx_dataset
 from vision import checkpoint as checkpoint_lib
 from vision import config as config_lib
-from vision import parallel
+from vision import parallel, tasks
 from vision.config import ConfigError
 from vision.data import open_from_config
-from vision.models import ModelOptions, create_model
-from vision.train import loop, probe, transfer
+from vision.models import ModelOptions, create_model, vit
+from vision.train import loop, probe, trainer, transfer
+from vision.train.build import build_model
 from vision.train.step import TrainState
 
 WIDTHS = (8, 16)
@@ -78,12 +79,12 @@ def config_for(idx: pathlib.Path, model_dir: pathlib.Path | None = None, *, step
 
 def build(config) -> nnx.Module:
   dataset, spec = open_from_config(config.data)
-  return loop.build_model(config, dataset, spec)[0]
+  return build_model(config, tasks.from_config(config, dataset), spec)[0]
 
 
 def flat_state(model: nnx.Module) -> dict[str, np.ndarray]:
   return {name: np.asarray(value)
-          for name, value in transfer._flat(checkpoint_lib._without_rng(nnx.state(model))).items()}
+          for name, value in transfer.flatten(checkpoint_lib.without_rng(nnx.state(model))).items()}
 
 
 # ------------------------------------------------------------------ init_from
@@ -115,12 +116,46 @@ def test_init_from_mismatched_tensor_is_one_clear_line(idx, model_dir):
   config = config_for(idx, model_dir)
   config.model.widths = (8, 32)
   with pytest.raises(ConfigError, match=r"tensor 'stages.1.conv.kernel' has shape "
-                                        r"\(3, 3, 8, 16\) .* needs \(3, 3, 8, 32\)"):
+                                        r"\(3, 3, 8, 16\) .* needs \(3, 3, 8, 32\).*; this "
+                                        r"config's model differs from that one in model.widths "
+                                        r"\(\(8, 32\) here, \(8, 16\) there\)$"):
     build(config)
   config = config_for(idx, model_dir)
   config.model.name = "resnet18"
   with pytest.raises(ConfigError, match="holds a 'small_cnn' model"):
     build(config)
+
+
+def test_vit_init_from_at_another_image_size_resamples_the_position_embedding(idx, tmp_path):
+  # A ViT-Ti/16 model directory at 224 px (as experiments.import_weights writes a timm
+  # vit_tiny_patch16_224), fine-tuned at 32 px: its 14×14 position grid becomes 2×2.
+  source = create_model("vit_ti16", ModelOptions(num_classes=10, in_channels=3, image_size=224),
+                        rngs=nnx.Rngs(3))
+  card = checkpoint_lib.ModelCard(
+      arch="vit_ti16", num_classes=10, class_names=tuple(map(str, range(10))), image_size=224,
+      channels=3, mean=(0.5,) * 3, std=(0.5,) * 3,
+      model_options={"dtype": "float32", "dropout": 0.0, "drop_path": 0.0, "widths": (32, 64),
+                     "hidden": 128, "stem": "auto"})
+  checkpoint_lib.write_model_dir(tmp_path / "vit224", source, card)
+  config = tiny_config(f"idx:{idx}")
+  config.model.name = "vit_ti16"
+  config.model.init_from = str(tmp_path / "vit224")
+  config.data.image_size, config.data.channels = 32, 3
+  tuned = flat_state(build(config_lib.validate(config)))
+  before = flat_state(source)
+  assert before["pos_embed"].shape == (1, 197, 192) and tuned["pos_embed"].shape == (1, 5, 192)
+  np.testing.assert_allclose(tuned["pos_embed"],
+                             vit.resize_pos_embed(before["pos_embed"], (2, 2)), rtol=1e-6)
+  np.testing.assert_array_equal(tuned["pos_embed"][:, 0], before["pos_embed"][:, 0])  # class token
+  for name in before:
+    if name != "pos_embed" and not name.startswith("head."):
+      np.testing.assert_array_equal(tuned[name], before[name], err_msg=name)
+
+  # What cannot be resampled names its real cause: the input channels here.
+  config.data.channels = 1
+  with pytest.raises(ConfigError, match=r"tensor 'patch_embed.proj.kernel' has shape .*; this "
+                     r"config's model differs from that one in data.channels \(1 here, 3 there\)"):
+    build(config_lib.validate(config))
 
 
 def test_transfer_config_errors(idx, tmp_path):
@@ -155,7 +190,7 @@ def _updates(config, model, steps: int, grads_value: float = 1.0) -> list[dict]:
   for _ in range(steps):
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
-    deltas.append({name: np.asarray(u) for name, u in transfer._flat(updates).items()})
+    deltas.append({name: np.asarray(u) for name, u in transfer.flatten(updates).items()})
   return deltas
 
 
@@ -203,8 +238,8 @@ def _run_steps(config, model, count: int) -> list[dict[str, np.ndarray]]:
         "image": data.normal(size=(8, 16, 16, 1)).astype(np.float32),
         "label": data.integers(0, 4, size=8).astype(np.int32)}, mesh)
     state, _ = steps.train(state, batch, rng)
-    states.append({name: np.asarray(value) for name, value in transfer._flat(
-        checkpoint_lib._without_rng(state.model)).items()})
+    states.append({name: np.asarray(value) for name, value in transfer.flatten(
+        checkpoint_lib.without_rng(state.model)).items()})
   return states
 
 
@@ -254,9 +289,9 @@ def test_feature_cache_is_reused_and_invalidated(idx, model_dir, tmp_path):
                                  fingerprint=fingerprint, batch_size=32, mesh=mesh)
 
   data = probe.data_fingerprint(config.data, "val", records)
-  first, labels, reused = features(backbone + data)
+  first, fields, reused = features(backbone + data)
   assert not reused and first.shape == (len(records), 128)
-  np.testing.assert_array_equal(labels, [records[i]["label"] for i in range(len(records))])
+  np.testing.assert_array_equal(fields["label"], [records[i]["label"] for i in range(len(records))])
   again, _, reused = features(backbone + data)
   assert reused
   np.testing.assert_array_equal(again, first)
@@ -288,7 +323,7 @@ def test_linear_probe_run_is_a_model_directory_and_reuses_its_cache(idx, model_d
   config.train.eval_every_steps = 40
   config.train.log_every_steps = 40
   workdir = tmp_path / "probe"
-  report = loop.train(config, workdir)
+  report = trainer.train(config, workdir)
   assert report["accuracy"] > 0.5
   cache = {split: (workdir / "features" / f"{split}.npz").stat().st_mtime_ns
            for split in ("train", "val", "test")}
@@ -297,13 +332,16 @@ def test_linear_probe_run_is_a_model_directory_and_reuses_its_cache(idx, model_d
   # The directory is an ordinary model directory: evaluate_workdir runs the full model.
   from vision.evaluate.evaluate import evaluate_workdir  # pylint: disable=import-outside-toplevel
   assert evaluate_workdir(workdir, "test")["accuracy"] == pytest.approx(report["accuracy"])
+  # The temperature is fitted on validation at the end of the probe too, into the model card.
+  fitted = json.loads((workdir / "model_card.json").read_text())["task"]["temperature"]
+  assert report["calibration"]["temperature"] == fitted != 1.0
   model, card = checkpoint_lib.load_model(workdir)
   source = flat_state(checkpoint_lib.load_model(model_dir)[0])
   np.testing.assert_array_equal(flat_state(model)["stages.0.conv.kernel"],
                                 source["stages.0.conv.kernel"])
   # Re-running reuses every cached split and retrains the same head.
   with caplog.at_level(logging.INFO, logger="vision"):
-    again = loop.train(config, workdir)
+    again = trainer.train(config, workdir)
   assert again["accuracy"] == report["accuracy"]
   assert caplog.text.count("reused the cache") == 3
   assert cache == {split: (workdir / "features" / f"{split}.npz").stat().st_mtime_ns
@@ -311,7 +349,7 @@ def test_linear_probe_run_is_a_model_directory_and_reuses_its_cache(idx, model_d
   # Other data for the same workdir: refused rather than mixing two probes' checkpoints.
   config.data.max_train_examples = 256
   with pytest.raises(ConfigError, match="trained on other features"):
-    loop.train(config, workdir)
+    trainer.train(config, workdir)
 
 
 @pytest.mark.slow

@@ -1,11 +1,11 @@
 """vision: image-recognition experiments in JAX, Flax NNX, grain, Orbax and W&B.
 
     from vision import config as config_lib
-    from vision.train import loop
+    from vision.train import trainer
 
-    config = config_lib.defaults()            # every key, with its default
+    config = config_lib.defaults()               # every key, with its default
     config.model.name = "resnet18"
-    report = loop.train(config, "runs/my_run") # resumable; returns the test report
+    report = trainer.train(config, "runs/my_run") # resumable; returns the test report
 
 The command-line entry points live in `experiments/` (`python -m experiments.train`).
 """

@@ -15,16 +15,21 @@ so a typo or a wrong type is one clear line, not a traceback from inside JAX:
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
+import logging
 import os
 import pathlib
+import re
 import sys
 from typing import Any, Iterable
 
 import jax
 import ml_collections
 
+from vision.errors import ConfigError
 from vision.files import write_text_atomically
+from vision.models import MODELS
 
 # The embedded default dataset: Debian's `dataset-fashion-mnist` package.
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -34,8 +39,10 @@ FASHION_MNIST_CLASSES = (
 )
 
 
-class ConfigError(ValueError):
-  """A user mistake in a config: the message is one actionable line."""
+# What `wandb.mode` (and $WANDB_MODE) may say; vision/logging.py maps them (and W&B's legacy
+# 'run' and 'dryrun') to W&B's modes.
+WANDB_MODES = ("online", "offline", "disabled")
+_WANDB_ACCEPTED = WANDB_MODES + ("run", "dryrun")
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -44,8 +51,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  # `idx:PATH`, `folder:PATH`, `tfds:NAME` or `prepared:DIR` (experiments.prepare);
-  # see vision/data/sources.py.
+  # `idx:PATH`, `folder:PATH`, `csv:FILE`, `labelstudio:FILE`, `tfds:NAME` or
+  # `prepared:DIR` (experiments.prepare); see vision/data/sources.py.
   c.data.source = f"idx:{DEBIAN_FASHION_MNIST}"
   c.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)
   c.data.train_split = "train"
@@ -58,7 +65,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.data.test_fraction = 0.1
   # Seed of the carved splits; fixed apart from `seed` so runs share one split.
   c.data.split_seed = 0
-  # Names for sources that carry none (IDX files); others give their own.
+  # Names for sources that carry none (IDX files). Folder/CSV/Label Studio sources: when set,
+  # the class order, and every label in the data must be one of them; others give their own.
   c.data.class_names = ml_collections.config_dict.placeholder(tuple)
   # Input size the model sees; None keeps the source's size (must be uniform).
   c.data.image_size = ml_collections.config_dict.placeholder(int)
@@ -143,6 +151,11 @@ def defaults() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2
   # The validation metric that picks the best checkpoint.
   c.train.best_metric = "val/accuracy"
+  # Early stopping (vision/train/early_stopping.py): stop after this many evaluations in a row
+  # without an improvement of best_metric by more than early_stopping_min_delta, then test the
+  # best checkpoint. None trains for the whole schedule.
+  c.train.early_stopping_patience = ml_collections.config_dict.placeholder(int)
+  c.train.early_stopping_min_delta = 0.0
   c.train.label_smoothing = 0.0
   # Imbalance (vision/train/imbalance.py): 'cross_entropy' or 'focal' (softmax focal loss).
   c.train.loss = "cross_entropy"
@@ -168,6 +181,17 @@ def defaults() -> ml_collections.ConfigDict:
   c.optim.step_factor = 0.1
   c.optim.grad_clip_norm = ml_collections.config_dict.placeholder(float)
 
+  # What the model predicts (vision/tasks/): 'auto' (multi_label for multi-label data, else
+  # classification), 'classification', 'multi_label' or 'multi_task'.
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "auto"
+  # multi_task: the heads, named by you, each a group of the keys in `head_defaults()`:
+  #   config.task.heads = {"class": {}, "garment": {"source": "map:groups.json"}}
+  c.task.heads = ml_collections.ConfigDict()
+  # multi_task: 'fixed' (sum of loss_weight × head loss) or 'uncertainty' (Kendall et al. 2018:
+  # each head's loss weighted by a learned homoscedastic uncertainty).
+  c.task.weighting = "fixed"
+
   # Knowledge distillation (vision/train/distill.py); no teachers: plain training.
   c.distill = ml_collections.ConfigDict()
   # Model directories of the teacher; several form an ensemble (mean of probabilities).
@@ -180,6 +204,33 @@ def defaults() -> ml_collections.ConfigDict:
   # augmentation; the teacher only measures agreement (val/ and test/agreement).
   c.distill.variant = "distilled"
 
+  # Pruning (vision/compress/prune.py): gradual magnitude pruning, Zhu & Gupta 2017.
+  c.prune = ml_collections.ConfigDict()
+  # Target fraction of zero weights among the prunable ones; 0 turns pruning off.
+  c.prune.sparsity = 0.0
+  # 'unstructured' (single weights) or 'channel' (whole conv output channels, by L1 norm;
+  # experiments.shrink then rebuilds the model narrower).
+  c.prune.granularity = "unstructured"
+  # 'global' (one ranking across layers) or 'layer' (each layer to the target).
+  c.prune.scope = "global"
+  # 'polynomial': the sparsity rises cubically from `start` to `end` (fractions of training);
+  # masks are recomputed every `update_every` steps in between and stay fixed after `end`.
+  # 'one_shot': the whole target at `start` (magnitudes then), fixed from there on.
+  c.prune.schedule = "polynomial"
+  c.prune.start = 0.1
+  c.prune.end = 0.7
+  c.prune.update_every = 50
+  # Regexes of parameter paths ("stages.1.conv.kernel") never pruned; None: the first
+  # convolution and the head.
+  c.prune.exclude = ml_collections.config_dict.placeholder(tuple)
+
+  # Quantization (vision/compress/quant.py, Qwix): 'none', 'qat' (int8 simulated in
+  # training, ranges learned for export) or 'ptq' (float training, int8 calibrated at export).
+  c.quant = ml_collections.ConfigDict()
+  c.quant.mode = "none"
+  c.quant.weight_bits = 8
+  c.quant.activation_bits = 8
+
   c.wandb = ml_collections.ConfigDict()
   c.wandb.project = ml_collections.config_dict.placeholder(str)
   c.wandb.entity = ml_collections.config_dict.placeholder(str)
@@ -188,6 +239,44 @@ def defaults() -> ml_collections.ConfigDict:
   # None: WANDB_MODE, else online when logged in, else offline.
   c.wandb.mode = ml_collections.config_dict.placeholder(str)
   return c
+
+
+def head_defaults() -> ml_collections.ConfigDict:
+  """The keys of one multi-task head, `config.task.heads.NAME`, with their defaults."""
+  h = ml_collections.ConfigDict()
+  # 'classification' (softmax) or 'multi_label' (sigmoids; the dataset's multi-hot labels).
+  h.type = "classification"
+  # Where the labels come from: 'label' (the dataset's), 'map:FILE.json' (a JSON object
+  # {class: group} over the dataset's classes) or 'column:NAME' (another label column of a
+  # CSV prepared by experiments.prepare). See vision/tasks/labels.py.
+  h.source = "label"
+  # Outputs of the head; None: the number of classes of its source.
+  h.num_classes = ml_collections.config_dict.placeholder(int)
+  # This head's weight in the summed objective.
+  h.loss_weight = 1.0
+  return h
+
+
+HEAD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def add_head(config: ml_collections.ConfigDict, name: str, **keys: Any) -> ml_collections.ConfigDict:
+  """Adds the multi-task head `name` with every key of `head_defaults()` (`keys` override them).
+
+      config.task.name = "multi_task"
+      add_head(config, "class")
+      add_head(config, "garment", source="map:configs/fashion_mnist_garment.json")
+
+  A head made this way accepts `--config.task.heads.NAME.KEY=...` for every key.
+  """
+  _check_head_name(name, "task.heads.")
+  head = head_defaults()
+  for key, value in keys.items():
+    if key not in head:
+      raise _unknown_key(head, key, f"task.heads.{name}.")
+    head[key] = value
+  config.task.heads[name] = head
+  return head
 
 
 def use_fashion_mnist(config: ml_collections.ConfigDict) -> None:
@@ -199,6 +288,20 @@ def use_fashion_mnist(config: ml_collections.ConfigDict) -> None:
     print(f"{DEBIAN_FASHION_MNIST} not found (Debian package dataset-fashion-mnist); "
           "using TFDS fashion_mnist instead, which downloads it when online", file=sys.stderr)
     config.data.source = "tfds:fashion_mnist"
+
+
+def from_file(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file, as `--config=PATH:ARG` reads it.
+
+      base = config_lib.from_file(pathlib.Path(__file__).with_name("fashion_mnist.py"), "smoke")
+
+  For configs built on another one (a sweep's or a multi-task variant's base recipe).
+  """
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def parse_arg(arg: str | None, **defaults_: Any) -> ml_collections.ConfigDict:
@@ -233,6 +336,12 @@ _CHOICES = {
     "model.conv_impl": ("auto", "matmul", "lax"),
     "transfer.mode": ("none", "linear_probe", "fine_tune", "gradual_unfreeze"),
     "distill.variant": ("distilled", "alone"),
+    "prune.granularity": ("unstructured", "channel"),
+    "prune.scope": ("global", "layer"),
+    "prune.schedule": ("polynomial", "one_shot"),
+    "quant.mode": ("none", "qat", "ptq"),
+    "task.name": ("auto", "classification", "multi_label", "multi_task"),
+    "task.weighting": ("fixed", "uncertainty"),
 }
 
 
@@ -259,18 +368,38 @@ def _unknown_key(group: ml_collections.ConfigDict, key: str, prefix: str) -> Con
 
 
 def check_override_keys(paths: Iterable[str]) -> None:
-  """Raises ConfigError for a `--config.a.b=...` override naming no known key."""
+  """Raises ConfigError for a `--config.a.b=...` override naming no known key.
+
+  Under `task.heads` any head name is accepted (the user names heads), and the key
+  after it must be one of `head_defaults()`.
+  """
   for path in paths:
     group, prefix = defaults(), ""
     for key in path.split("."):
+      if prefix == "task.heads.":
+        _check_head_name(key, prefix)
+        group, prefix = head_defaults(), f"{prefix}{key}."
+        continue
       if not isinstance(group, ml_collections.ConfigDict) or key not in group:
         raise _unknown_key(group, key, prefix)
       group, prefix = group[key], f"{prefix}{key}."
 
 
+def _check_head_name(name: str, prefix: str) -> None:
+  if not HEAD_NAME.match(name):
+    raise ConfigError(f"config key '{prefix}{name}': a head name is a letter, then letters, "
+                      "digits or '_' (it names metrics, report folders and exported outputs)")
+
+
 def _merge_checked(target: ml_collections.ConfigDict, source: Any, prefix: str) -> None:
   for key, value in source.items():
     path = f"{prefix}{key}"
+    if prefix == "task.heads.":  # user-named heads, each checked against head_defaults()
+      _check_head_name(key, prefix)
+      if not isinstance(value, (ml_collections.ConfigDict, dict)):
+        raise ConfigError(f"config key '{path}' must be a group of keys (a head), got {value!r}")
+      with target.unlocked():
+        target[key] = head_defaults()
     if key not in target:
       raise _unknown_key(target, key, prefix)
     expected = target[key]
@@ -319,7 +448,6 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
     group, key = path.split(".")
     if not c[group][key] > 0:
       raise ConfigError(f"config key '{path}' must be > 0, got {c[group][key]!r}")
-  from vision.models import MODELS  # pylint: disable=import-outside-toplevel  (models import this module)
   if c.model.name not in MODELS:
     raise ConfigError(
         f"config key 'model.name' is {c.model.name!r}; known models: {', '.join(sorted(MODELS))}")
@@ -327,20 +455,37 @@ def _check_values(c: ml_collections.ConfigDict) -> None:
     raise ConfigError(
         f"config key 'train.label_smoothing' must be in [0, 1), got {c.train.label_smoothing}")
   _check_augmentation(c.data)
+  _check_early_stopping(c.train)
   if not c.train.focal_gamma >= 0:
     raise ConfigError(f"config key 'train.focal_gamma' must be >= 0, got {c.train.focal_gamma}")
   if c.train.imbalance_threshold is not None and not c.train.imbalance_threshold >= 1:
     raise ConfigError("config key 'train.imbalance_threshold' must be >= 1 (a largest/smallest "
                       f"class ratio) or None, got {c.train.imbalance_threshold}")
   _check_transfer(c)
+  _check_task(c)
   if not c.distill.temperature > 0:
     raise ConfigError(
         f"config key 'distill.temperature' must be > 0, got {c.distill.temperature}")
   if not 0 <= c.distill.hard_label_weight <= 1:
     raise ConfigError(f"config key 'distill.hard_label_weight' must be in [0, 1], "
                       f"got {c.distill.hard_label_weight}")
+  _check_compression(c)
+  if c.wandb.mode is not None and c.wandb.mode.strip().lower() not in _WANDB_ACCEPTED:
+    raise ConfigError(f"config key 'wandb.mode' is {c.wandb.mode!r}; expected one of "
+                      f"{', '.join(WANDB_MODES)} (or None: $WANDB_MODE, else online when logged "
+                      "in, else offline)")
   if len(c.data.mean) != len(c.data.std):
     raise ConfigError("config keys 'data.mean' and 'data.std' must have the same length")
+
+
+def _check_early_stopping(train: ml_collections.ConfigDict) -> None:
+  patience = train.early_stopping_patience
+  if patience is not None and not patience >= 1:
+    raise ConfigError("config key 'train.early_stopping_patience' must be >= 1 (evaluations "
+                      f"without improvement) or None (off), got {patience}")
+  if not train.early_stopping_min_delta >= 0:
+    raise ConfigError("config key 'train.early_stopping_min_delta' must be >= 0, got "
+                      f"{train.early_stopping_min_delta}")
 
 
 def _check_augmentation(data: ml_collections.ConfigDict) -> None:
@@ -371,6 +516,47 @@ def _check_transfer(c: ml_collections.ConfigDict) -> None:
                       "(the model directory whose backbone is probed)")
 
 
+def _check_compression(c: ml_collections.ConfigDict) -> None:
+  if not 0 <= c.prune.sparsity < 1:
+    raise ConfigError(f"config key 'prune.sparsity' must be in [0, 1), got {c.prune.sparsity}")
+  if not 0 <= c.prune.start <= c.prune.end <= 1:
+    raise ConfigError("config keys 'prune.start' and 'prune.end' must satisfy "
+                      f"0 <= start <= end <= 1 (fractions of training), got {c.prune.start}, "
+                      f"{c.prune.end}")
+  if not c.prune.update_every >= 1:
+    raise ConfigError(f"config key 'prune.update_every' must be >= 1, got {c.prune.update_every}")
+  for key in ("weight_bits", "activation_bits"):
+    if c.quant[key] not in (4, 8):
+      raise ConfigError(f"config key 'quant.{key}' must be 4 or 8, got {c.quant[key]!r}")
+def _check_task(c: ml_collections.ConfigDict) -> None:
+  heads = c.task.heads
+  if c.task.name != "multi_task":
+    if heads:
+      raise ConfigError(f"config key 'task.heads' is set ({', '.join(heads)}) but task.name is "
+                        f"{c.task.name!r}; set task.name='multi_task'")
+    return
+  if not heads:
+    raise ConfigError("config key 'task.heads' is empty: task.name='multi_task' needs at least "
+                      "one head, e.g. task.heads = {'class': {}, 'group': {'source': "
+                      "'map:groups.json'}}")
+  if c.model.num_classes is not None:
+    raise ConfigError("config key 'model.num_classes' must stay unset for task.name='multi_task' "
+                      "(each head's size is task.heads.NAME.num_classes)")
+  for name, head in heads.items():
+    key = f"task.heads.{name}"
+    if head.type not in ("classification", "multi_label"):
+      raise ConfigError(f"config key '{key}.type' is {head.type!r}; expected one of "
+                        "classification, multi_label")
+    kind, _, argument = head.source.partition(":")
+    if head.source != "label" and not (kind in ("map", "column") and argument):
+      raise ConfigError(f"config key '{key}.source' is {head.source!r}; expected 'label', "
+                        "'map:FILE.json' or 'column:NAME'")
+    if not head.loss_weight > 0:
+      raise ConfigError(f"config key '{key}.loss_weight' must be > 0, got {head.loss_weight}")
+    if head.num_classes is not None and head.num_classes < 1:
+      raise ConfigError(f"config key '{key}.num_classes' must be >= 1, got {head.num_classes}")
+
+
 def _check_environment(c: ml_collections.ConfigDict) -> None:
   for path in ("train.batch_size", "train.eval_batch_size"):
     group, key = path.split(".")
@@ -378,19 +564,26 @@ def _check_environment(c: ml_collections.ConfigDict) -> None:
       raise ConfigError(
           f"config key '{path}'={c[group][key]} is not divisible by the "
           f"{jax.device_count()} devices; use a multiple of {jax.device_count()}")
-  _check_source_exists(c.data.source)
+  check_source_exists(c.data.source)
+  env_mode = os.environ.get("WANDB_MODE")
+  if c.wandb.mode is None and env_mode and env_mode.strip().lower() not in _WANDB_ACCEPTED:
+    raise ConfigError(f"environment variable WANDB_MODE is {env_mode!r}; expected one of "
+                      f"{', '.join(WANDB_MODES)}")
   if c.model.init_from and not os.path.isfile(os.path.join(c.model.init_from, "model_card.json")):
     raise ConfigError(
         f"config key 'model.init_from': {c.model.init_from!r} is not a model directory "
         "(no model_card.json; expected a training workdir or an experiments.import_weights --out)")
 
 
-def _check_source_exists(source: str) -> None:
+def check_source_exists(source: str) -> None:
+  """Raises ConfigError unless `source` ('idx:PATH', 'folder:PATH', ...) names existing data."""
   kind, sep, location = source.partition(":")
-  if not sep or kind not in ("idx", "folder", "tfds", "prepared"):
+  if not sep or kind not in ("idx", "folder", "csv", "labelstudio", "tfds", "prepared"):
     raise ConfigError(
         f"config key 'data.source' is {source!r}; expected 'idx:PATH', 'folder:PATH', "
-        "'tfds:NAME' or 'prepared:DIR'")
+        "'csv:FILE', 'labelstudio:FILE', 'tfds:NAME' or 'prepared:DIR'")
+  if kind in ("csv", "labelstudio") and not os.path.isfile(location):
+    raise ConfigError(f"config key 'data.source': file {location!r} does not exist")
   if kind in ("idx", "folder", "prepared") and not os.path.isdir(location):
     hint = ""
     if location == DEBIAN_FASHION_MNIST:
@@ -416,15 +609,24 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
   return flat
 
 
+def changed_keys(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[str]:
+  """The keys of `config` that differ from the earlier run's `workdir/config.json` (read only)."""
+  path = pathlib.Path(workdir) / RESOLVED_CONFIG
+  if not path.exists():
+    return []
+  try:
+    old = _flatten(json.loads(path.read_text()))
+  except json.JSONDecodeError as error:
+    raise ConfigError(f"{path} is not valid JSON ({error}); it was not written by this "
+                      "version of experiments.train: use a new --workdir") from None
+  return sorted(k for k, v in _flatten(config.to_dict()).items() if old.get(k, v) != v)
+
+
 def save_resolved(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[str]:
   """Writes `workdir/config.json`; returns the keys that differ from an earlier run's."""
-  path = pathlib.Path(workdir) / RESOLVED_CONFIG
-  new = config.to_dict()
-  changed = []
-  if path.exists():
-    old = _flatten(json.loads(path.read_text()))
-    changed = sorted(k for k, v in _flatten(new).items() if old.get(k, v) != v)
-  write_text_atomically(path, json.dumps(new, indent=2, default=list))
+  changed = changed_keys(config, workdir)
+  write_text_atomically(pathlib.Path(workdir) / RESOLVED_CONFIG,
+                        json.dumps(config.to_dict(), indent=2, default=list))
   return changed
 
 
@@ -434,5 +636,9 @@ def load_resolved(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   if not path.exists():
     raise ConfigError(f"{path} does not exist: --workdir must be a directory written by "
                       "experiments.train")
-  return validate(ml_collections.ConfigDict(json.loads(path.read_text())),
-                  check_environment=False)
+  try:
+    resolved = json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise ConfigError(f"{path} is not valid JSON ({error}); it was not written by "
+                      "experiments.train (or was damaged)") from None
+  return validate(ml_collections.ConfigDict(resolved), check_environment=False)

@@ -242,6 +242,9 @@ class MetricWriter:
   def write_summary(self, values: Mapping[str, Any]) -> None:
     pass
 
+  def write_tables(self, step: int, tables: Mapping[str, tuple[Sequence[str], Sequence]]) -> None:
+    """``{key: (columns, rows)}``: tables (per-class metrics, top losses) where the sink has them."""
+
   def flush(self) -> None:
     pass
 
@@ -275,6 +278,10 @@ class MultiWriter(MetricWriter):
     for writer in self._writers:
       writer.write_summary(values)
 
+  def write_tables(self, step, tables):
+    for writer in self._writers:
+      writer.write_tables(step, tables)
+
   def flush(self):
     for writer in self._writers:
       writer.flush()
@@ -293,6 +300,15 @@ def _parse_line(line: str) -> dict | None:
   except ValueError:
     return None
   return obj if isinstance(obj, dict) and isinstance(obj.get("step"), int) else None
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+  """The complete rows of ``workdir/metrics.jsonl``, in order; [] when it does not exist."""
+  path = pathlib.Path(workdir) / METRICS_FILE
+  if not path.exists():
+    return []
+  with open(path, encoding="utf-8") as file:
+    return [row for row in map(_parse_line, file) if row is not None]
 
 
 def _keep_line(line: str, resume_step: int | None) -> bool:
@@ -446,6 +462,14 @@ class WandbWriter(MetricWriter):
 
   def write_hparams(self, hparams: Mapping[str, Any]):
     self._run.config.update({k: _to_python(v) for k, v in hparams.items()}, allow_val_change=True)
+
+  def write_tables(self, step: int, tables: Mapping[str, tuple[Sequence[str], Sequence]]) -> None:
+    """Each ``(columns, rows)`` as a ``wandb.Table`` under its key."""
+    import wandb
+
+    self._log(step, {key: wandb.Table(columns=list(columns), allow_mixed_types=True,
+                                      data=[[_to_python(v) for v in row] for row in rows])
+                     for key, (columns, rows) in tables.items()})
 
   def write_summary(self, values: Mapping[str, Any]) -> None:
     """Sets ``run.summary[k] = v`` (final/best values shown in run tables)."""

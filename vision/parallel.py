@@ -21,6 +21,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
+from vision.config import ConfigError
+
 DATA_AXIS = "data"
 
 # Environments in which jax.distributed.initialize() finds the cluster itself.
@@ -38,10 +40,21 @@ def initialize_distributed() -> None:
   if "JAX_COORDINATOR_ADDRESS" in os.environ:
     jax.distributed.initialize(
         coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-        process_id=int(os.environ["JAX_PROCESS_ID"]))
+        num_processes=_int_variable("JAX_NUM_PROCESSES"),
+        process_id=_int_variable("JAX_PROCESS_ID"))
   elif _is_multiprocess_cluster():
     jax.distributed.initialize()
+
+
+def _int_variable(name: str) -> int:
+  value = os.environ.get(name)
+  try:
+    return int(value)
+  except (TypeError, ValueError):
+    raise ConfigError(
+        f"environment variable {name} is {value!r}: with JAX_COORDINATOR_ADDRESS set, "
+        "JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers (see README, 'Multi-host')"
+    ) from None
 
 
 def _is_multiprocess_cluster() -> bool:

@@ -67,6 +67,11 @@ def imagenet_class_names() -> tuple[str, ...]:
   return tuple(text.splitlines())
 
 
+def _first_line(error: BaseException) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[0] if lines else type(error).__name__
+
+
 def _from_pickle(path: pathlib.Path) -> dict:
   try:
     import torch  # pylint: disable=import-outside-toplevel
@@ -77,7 +82,8 @@ def _from_pickle(path: pathlib.Path) -> dict:
   try:
     loaded = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as error:  # pickle, zip and weights_only errors all mean "not a state dict"
-    raise WeightImportError(f"{path} is not a PyTorch state dict: {error}") from error
+    raise WeightImportError(
+        f"{path} is not a PyTorch state dict: {_first_line(error)}") from error
   return {name: tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
           for name, tensor in _unwrap(loaded, path).items() if hasattr(tensor, "numpy")}
 
@@ -102,7 +108,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
       tensors = load_file(path)
     except Exception as error:  # safetensors raises its own error types
-      raise WeightImportError(f"{path} is not a safetensors file: {error}") from error
+      raise WeightImportError(
+          f"{path} is not a safetensors file: {_first_line(error)}") from error
   else:
     tensors = _from_pickle(path)
   return {name.removeprefix("module."): np.asarray(value) for name, value in tensors.items()}

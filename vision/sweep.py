@@ -50,6 +50,7 @@ import logging
 import math
 import os
 import pathlib
+import random
 import signal
 import socket
 import subprocess
@@ -59,6 +60,7 @@ from typing import Any, Sequence
 from vision import comparison
 from vision.config import ConfigError, check_override_keys
 from vision.files import write_atomically, write_text_atomically
+from vision.logging import read_metrics
 
 log = logging.getLogger("vision")
 
@@ -70,6 +72,15 @@ RESULTS_PLOT = "results.png"
 DATABASE = "sweep.db"
 TRIAL_LOG = "sweep_trial.log"
 HEARTBEAT_EVERY_S = 30.0
+# How long a driver waits for another that claimed a new grid study to queue its points.
+GRID_WAIT_S = 120.0
+# How long a popped trial may go without its driver's attributes before it counts as orphaned.
+LAUNCH_GRACE_S = 60.0
+# Retries of create_study while another driver creates Optuna's tables (see _create_or_load_study).
+SCHEMA_RACE_ATTEMPTS = 5
+# A trial asked past the budget by a racing driver: never run, left out of the results.
+UNUSED = "unused"
+CLAIMS_TABLE = "vision_sweep_claims"
 # A running trial whose driver has not been heard of for this long is taken over.
 STALE_AFTER_S = 300.0
 
@@ -235,15 +246,8 @@ def load_sweep(config_file: str | os.PathLike, arg: str | None = None) -> SweepS
 
 def final_metrics(trial_dir: pathlib.Path) -> dict[str, float]:
   """The last logged value of every `val/` and `test/` scalar in metrics.jsonl."""
-  path = trial_dir / "metrics.jsonl"
   final: dict[str, float] = {}
-  if not path.exists():
-    return final
-  for line in path.read_text().splitlines():
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError:
-      continue
+  for row in read_metrics(trial_dir):
     final.update({k: v for k, v in row.items()
                   if k.split("/")[0] in ("val", "test") and isinstance(v, (int, float))})
   return final
@@ -257,6 +261,47 @@ def _error_line(output: str, returncode: int) -> str:
 
 
 # ------------------------------------------------------------------ the driver
+
+class Claims:
+  """Claims that exactly one driver wins: a row INSERTed into the study's own database.
+
+  Optuna serialises trial creation and the WAITING → RUNNING pop of queued trials, but not
+  "queue this grid" or "restart that interrupted trial": the primary key of this table does
+  (on SQLite and PostgreSQL alike), so two drivers never queue a grid twice or both restart
+  one trial.
+  """
+
+  def __init__(self, url: str, study_name: str):
+    import sqlalchemy  # pylint: disable=import-outside-toplevel  (comes with Optuna)
+    self._sa, self.study_name = sqlalchemy, study_name
+    connect_args = {"timeout": 60} if url.startswith("sqlite") else {}
+    self.engine = sqlalchemy.create_engine(url, connect_args=connect_args)
+    metadata = sqlalchemy.MetaData()
+    self.table = sqlalchemy.Table(
+        CLAIMS_TABLE, metadata,
+        sqlalchemy.Column("study", sqlalchemy.String(512), primary_key=True),
+        sqlalchemy.Column("claim", sqlalchemy.String(512), primary_key=True),
+        sqlalchemy.Column("owner", sqlalchemy.String(512)),
+        sqlalchemy.Column("claimed_at", sqlalchemy.Float))
+    for attempt in range(3):
+      try:
+        metadata.create_all(self.engine)
+        break
+      except sqlalchemy.exc.DatabaseError:  # another driver created it at the same moment
+        if attempt == 2:
+          raise
+        time.sleep(0.5)
+
+  def claim(self, key: str, owner: str) -> bool:
+    """True for the one caller that claims `key` first (in this study), False for the rest."""
+    try:
+      with self.engine.begin() as connection:
+        connection.execute(self.table.insert().values(
+            study=self.study_name, claim=key, owner=owner, claimed_at=time.time()))
+      return True
+    except self._sa.exc.IntegrityError:
+      return False
+
 
 def _die_with_parent() -> None:
   """In a trial process: SIGTERM when the driver dies, even by SIGKILL (Linux)."""
@@ -302,42 +347,84 @@ class Sweep:
     self.spec, self.parallel = spec, parallel
     self.train_command, self.config, self.overrides = list(train_command), config, list(overrides)
     self.workdir = pathlib.Path(workdir).absolute()
-    self.workdir.mkdir(parents=True, exist_ok=True)
+    if storage is None:  # the default SQLite file lives in the workdir
+      self.workdir.mkdir(parents=True, exist_ok=True)
     self.storage_url = storage or f"sqlite:///{self.workdir / DATABASE}"
     self.env = env
     self.host, self.pid = socket.gethostname(), os.getpid()
+    self.owner = f"{self.host}:{self.pid}"
     self.running: dict[int, _Running] = {}
-    self.study = self._open_study()
+    self.study = self._open_study()  # a wrong --storage fails here, before the workdir exists
+    self.workdir.mkdir(parents=True, exist_ok=True)
 
   def _open_study(self):
     import optuna  # pylint: disable=import-outside-toplevel
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-      study = optuna.create_study(
-          storage=self.storage_url, study_name=self.spec.name, sampler=self.spec.sampler(),
-          direction=self.spec.goal, load_if_exists=True)
+      study = self._create_or_load_study(optuna)
     except ImportError as error:
       raise ConfigError(
           f"--storage {self.storage_url}: database driver missing ({error})") from None
     except Exception as error:  # SQLAlchemy's many URL and connection errors.
-      if type(error).__module__.startswith(("sqlalchemy", "optuna")):
-        raise ConfigError(f"--storage {self.storage_url}: {error}") from None
+      if isinstance(error, ValueError) or type(error).__module__.startswith(
+          ("sqlalchemy", "optuna", "psycopg")):
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise ConfigError(f"--storage {self.storage_url}: {lines[0] if lines else error!r} "
+                          "(expected an SQLAlchemy URL such as sqlite:///PATH or "
+                          "postgresql://USER@HOST/DATABASE)") from None
       raise
-    if self.spec.method == "grid" and not study.user_attrs.get("grid_enqueued"):
-      for point in self.spec.grid():
-        study.enqueue_trial(point)
-      study.set_user_attr("grid_enqueued", True)
+    self.claims = Claims(self.storage_url, self.spec.name)
+    if self.spec.method == "grid":
+      self._enqueue_grid(study)
     study.set_user_attr("metric", self.spec.metric)
     study.set_user_attr("params", [p.key for p in self.spec.params])
     return study
+
+  def _create_or_load_study(self, optuna):
+    """optuna.create_study, retried while another driver creates Optuna's tables at this moment.
+
+    Two drivers starting together on an empty PostgreSQL database both run CREATE TABLE; the
+    loser gets a unique violation on PostgreSQL's own catalogue (pg_type), not an error of ours.
+    """
+    attempts_left = SCHEMA_RACE_ATTEMPTS
+    while True:
+      try:
+        return optuna.create_study(
+            storage=self.storage_url, study_name=self.spec.name, sampler=self.spec.sampler(),
+            direction=self.spec.goal, load_if_exists=True)
+      except Exception as error:  # pylint: disable=broad-except  (re-raised unless the race)
+        attempts_left -= 1
+        racing = type(error).__module__.startswith("sqlalchemy") and any(
+            sign in str(error) for sign in ("duplicate key", "already exists"))
+        if not racing or not attempts_left:
+          raise
+        time.sleep(0.2 + random.random())  # apart, so the retries do not collide again
+
+  def _enqueue_grid(self, study) -> None:
+    """Queues every grid point once, however many drivers start on the study at once."""
+    if study.user_attrs.get("grid_enqueued"):
+      return  # a resumed sweep (also one whose database predates the claims table)
+    if self.claims.claim("grid-enqueued", self.owner):
+      for point in self.spec.grid():
+        study.enqueue_trial(point)
+      study.set_user_attr("grid_enqueued", True)
+      return
+    deadline = time.time() + GRID_WAIT_S
+    while not study.user_attrs.get("grid_enqueued"):
+      if time.time() > deadline:
+        raise ConfigError(f"--storage {self.storage_url}: study '{self.spec.name}' was claimed by "
+                          "another driver that never queued its grid; delete the study or use "
+                          "another sweep name")
+      time.sleep(0.5)  # user_attrs reads the storage afresh each time
 
   def trial_dir(self, number: int) -> pathlib.Path:
     return self.workdir / f"trial-{number}"
 
   # -- one trial
-  def _launch(self, trial_id: int, number: int, params: dict) -> None:
+  def _launch(self, trial_id: int, number: int, params: dict, starts: int = 1,
+              trial_dir: pathlib.Path | None = None) -> None:
     storage = self.study._storage  # pylint: disable=protected-access
-    trial_dir = self.trial_dir(number)
+    trial_dir = trial_dir or self.trial_dir(number)
     trial_dir.mkdir(parents=True, exist_ok=True)
     command = [*self.train_command, f"--config={self.config}", f"--workdir={trial_dir}",
                *self.overrides, *self.spec.overrides(params),
@@ -350,7 +437,8 @@ class Sweep:
                                preexec_fn=_die_with_parent)
     for key, value in (("host", self.host), ("driver_pid", self.pid),
                        ("child_pid", process.pid), ("heartbeat", time.time()),
-                       ("workdir", str(trial_dir)), ("command", command)):
+                       ("workdir", str(trial_dir)), ("command", command),
+                       ("starts", starts)):
       storage.set_trial_user_attr(trial_id, key, value)
     self.running[number] = _Running(number, trial_id, process, log_file, time.time())
     shown = ", ".join(f"{p.key}={p.decode(params[p.key])}" for p in self.spec.params)
@@ -393,28 +481,41 @@ class Sweep:
       if trial.number in self.running:
         continue
       attrs = trial.user_attrs
-      if attrs.get("host") == self.host:
+      if "driver_pid" not in attrs:
+        # Popped by a driver that has not yet written who runs it (it is starting the child).
+        gone = now - trial.datetime_start.timestamp() > LAUNCH_GRACE_S
+      elif attrs.get("host") == self.host:
         gone = not _alive(attrs.get("driver_pid")) and not _alive(attrs.get("child_pid"))
       else:
         gone = now - attrs.get("heartbeat", 0.0) > STALE_AFTER_S
-      if gone or "driver_pid" not in attrs and now - trial.datetime_start.timestamp() > 60:
+      if gone:
         orphans.append(trial)
     return orphans
 
   def _start_next(self) -> bool:
     """Starts one trial (an interrupted one first); False when none is left to start."""
     import optuna  # pylint: disable=import-outside-toplevel
-    orphans = self._orphans()
-    if orphans:
-      trial = orphans[0]
+    for trial in self._orphans():
+      # Several drivers may see the same orphan: one claim per restart decides who runs it.
+      starts = trial.user_attrs.get("starts", 1) + 1
+      if not self.claims.claim(f"restart-{trial.number}-{starts}", self.owner):
+        continue
       log.info("trial %d was interrupted; restarting it (resumes its workdir)", trial.number)
-      self._launch(trial._trial_id, trial.number, trial.params)  # pylint: disable=protected-access
+      workdir = trial.user_attrs.get("workdir")
+      self._launch(trial._trial_id, trial.number, trial.params, starts,  # pylint: disable=protected-access
+                   pathlib.Path(workdir) if workdir else None)
       return True
     started = [t for t in self.study.get_trials(deepcopy=False)
-               if t.state != optuna.trial.TrialState.WAITING]
+               if t.state != optuna.trial.TrialState.WAITING and not t.user_attrs.get(UNUSED)]
     if len(started) >= self.spec.num_trials:
       return False
     trial = self.study.ask({p.key: p.distribution() for p in self.spec.params})
+    if trial.number >= self.spec.num_trials:
+      # Another driver took the last place between the count above and this ask (trial numbers
+      # are dense and unique per study): this one never runs and is left out of the results.
+      trial.set_user_attr(UNUSED, f"the budget of {self.spec.num_trials} trials was reached")
+      self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+      return False
     self._launch(trial._trial_id, trial.number, trial.params)  # pylint: disable=protected-access
     return True
 
@@ -474,7 +575,7 @@ class Sweep:
     rows = []
     import optuna  # pylint: disable=import-outside-toplevel
     for trial in self.study.get_trials(deepcopy=False):
-      if trial.state == optuna.trial.TrialState.WAITING:
+      if trial.state == optuna.trial.TrialState.WAITING or trial.user_attrs.get(UNUSED):
         continue
       attrs = trial.user_attrs
       row: dict[str, Any] = {"trial": trial.number, "status": trial.state.name}

@@ -1,4 +1,4 @@
-"""Data: sources (idx:, folder:, tfds:, prepared:) and the grain pipeline.
+"""Data: sources (idx:, folder:, csv:, labelstudio:, tfds:, prepared:) and the grain pipeline.
 
     dataset, spec = open_from_config(config.data)
     dataset.class_names, len(dataset.split("train")), spec.size
@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from vision.data import prepared  # noqa: F401  (registers the prepared: source)
 from vision.data.pipeline import ImageSpec, image_spec
 from vision.data.sources import Dataset, open_dataset, split_options
 

@@ -34,20 +34,19 @@ import io
 import json
 import os
 import pathlib
-import warnings
 from typing import Callable, Sequence
 
 import imagehash
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 import scipy.fft
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
+from vision.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode
 from vision.files import write_text_atomically
 
 EXCLUDED, NORMALISED, REPORTED = "excluded", "normalised", "reported"
-_EXIF_ORIENTATION = 0x0112
 _THUMBNAIL = 96
 SIGNATURE_SIDE = 32  # pHash's own working size: the signature is exactly what pHash transforms
 
@@ -55,7 +54,7 @@ SIGNATURE_SIDE = 32  # pHash's own working size: the signature is exactly what p
 @dataclasses.dataclass(frozen=True)
 class Limits:
   """What the audit accepts: a decompression-bomb guard and a minimum side."""
-  max_pixels: int = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS
+  max_pixels: int = DEFAULT_MAX_PIXELS  # Pillow's own default cap
   min_size: int = 10            # shorter side, pixels (Ultralytics rejects < 10 px too)
   near_duplicate_distance: int = 4  # candidates: perceptual-hash Hamming distance (of 64 bits)
   near_duplicate_difference: float = 0.07  # confirmed: `pixel_difference` at most this
@@ -95,93 +94,29 @@ def _excluded(path: str, kind: str, reason: str) -> Inspected:
   return Inspected(path, None, [Finding(path, kind, reason, EXCLUDED)])
 
 
-def _broken(path: str, error: Exception) -> Inspected:
-  if "truncat" in str(error).lower():
-    return _excluded(path, "truncated", f"truncated image data ({error})")
-  return _excluded(path, "corrupt", f"corrupt image data ({type(error).__name__}: {error})")
-
-
-def _to_rgb(image: Image.Image, path: str, findings: list[Finding]) -> Image.Image:
-  """Any Pillow mode → RGB, recording what was converted and why it matters."""
-  mode = image.mode
-  if mode.startswith("I;16") or mode == "I":
-    array = np.asarray(image, dtype=np.float64)
-    # 16-bit data scaled to 8 bits; Pillow's convert('RGB') would clip everything above 255.
-    scale = 257.0 if mode.startswith("I;16") or array.max() > 255 else 1.0
-    findings.append(Finding(path, "16-bit", f"16-bit {mode} image scaled to 8-bit RGB",
-                            NORMALISED))
-    grey = np.clip(np.round(array / scale), 0, 255).astype(np.uint8)
-    return Image.fromarray(grey, "L").convert("RGB")
-  if mode == "CMYK":
-    findings.append(Finding(path, "cmyk", "CMYK image converted to RGB", NORMALISED))
-    return image.convert("RGB")
-  if mode in ("P", "PA"):
-    findings.append(Finding(path, "palette", f"palette ({mode}) image converted to RGB",
-                            NORMALISED))
-    image = image.convert("RGBA")
-    mode = "RGBA"
-  if mode in ("RGBA", "LA", "La", "RGBa"):
-    if mode not in ("RGBA",):
-      image = image.convert("RGBA")
-    if not any(f.kind == "palette" for f in findings):
-      findings.append(Finding(path, "alpha", f"{mode} image with transparency composited "
-                              "onto white", NORMALISED))
-    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, image).convert("RGB")
-  if mode in ("L", "1"):
-    findings.append(Finding(path, "greyscale", f"greyscale ({mode}) image converted to RGB",
-                            NORMALISED))
-    return image.convert("RGB")
-  if mode != "RGB":
-    findings.append(Finding(path, "mode", f"{mode} image converted to RGB", NORMALISED))
-    return image.convert("RGB")
-  return image
-
-
 def inspect_file(path: str | os.PathLike, limits: Limits = Limits()) -> Inspected:
-  """Reads one file (never writes it) and returns its normalised image and findings."""
+  """Reads one file (never writes it) and returns its normalised image and findings.
+
+  Decoding and normalisation are vision/data/decode.py's, as for every reader.
+  """
   path = str(path)
   try:
     raw = pathlib.Path(path).read_bytes()
   except OSError as error:
     return _excluded(path, "unreadable", f"cannot read the file: {error.strerror or error}")
-  if not raw:
-    return _excluded(path, "zero-byte", "the file is empty (0 bytes)")
-  digest = hashlib.sha256(raw).hexdigest()
-  findings: list[Finding] = []
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-      image = Image.open(io.BytesIO(raw))
-  except Image.DecompressionBombError as error:
-    return _excluded(path, "over-pixel-limit", f"decompression-bomb guard: {error}")
-  except Image.UnidentifiedImageError:
-    return _excluded(path, "not-an-image", "not an image format Pillow can identify")
-  except Exception as error:  # pylint: disable=broad-except  (a bad file must never stop the run)
-    return _broken(path, error)
-  width, height = image.size
-  if width * height > limits.max_pixels:
-    return _excluded(path, "over-pixel-limit",
-                     f"{width}x{height} = {width * height} pixels is over the limit of "
-                     f"{limits.max_pixels} (decompression-bomb guard)")
-  mode = image.mode
-  try:
-    image.load()
-  except Exception as error:  # pylint: disable=broad-except
-    return _broken(path, error)
+    decoded = decode(raw, where=path, max_pixels=limits.max_pixels)
+  except DecodeError as error:
+    return _excluded(path, error.kind, error.reason)
+  width, height = decoded.size
   if min(width, height) < limits.min_size:
     return _excluded(path, "too-small", f"{width}x{height} is below the minimum side of "
                      f"{limits.min_size} pixels")
-  orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-  if orientation not in (1, None):
-    image = ImageOps.exif_transpose(image)
-    findings.append(Finding(path, "exif-rotated", f"EXIF orientation {orientation} applied "
-                            "(stored the right way up)", NORMALISED))
-  rgb = _to_rgb(image, path, findings)
-  signature = pixel_signature(rgb)
+  findings = [Finding(path, kind, reason, NORMALISED) for kind, reason in decoded.conversions]
+  signature = pixel_signature(Image.fromarray(decoded.image))
   phash = str(imagehash.phash(Image.fromarray(signature)))  # the same as imagehash.phash(rgb)
-  return Inspected(path, np.asarray(rgb, dtype=np.uint8), findings, digest, phash, mode,
-                   (width, height), signature)
+  return Inspected(path, decoded.image, findings, hashlib.sha256(raw).hexdigest(), phash,
+                   decoded.mode, (width, height), signature)
 
 
 # ----------------------------------------------------------------- duplicates

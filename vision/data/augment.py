@@ -1,7 +1,7 @@
 """Training augmentation: host-side batch ops for grain, and mixup/cutmix on device.
 
     batch = HostAugment.from_config(config.data).random_map(batch, rng)   # inside grain
-    transform = device_transform(config.data, num_classes)               # for Steps.create
+    transform = device_transform(config.data, task.dense_targets)        # for Steps.create
     batch = transform(batch, rng)     # under jit, sharded: mixed images + soft 'targets'
 
 Host ops work on a whole uint8 batch [B, H, W, C] (vectorised where the op
@@ -209,22 +209,20 @@ def cutmix(images: jax.Array, targets: jax.Array, rng: jax.Array,
   return mixed, kept * targets + (1 - kept) * _partners(targets, perm)
 
 
-def device_transform(data_config, num_classes: int):
+def device_transform(data_config, dense_targets: Callable[[dict], jax.Array]):
   """The on-device batch transform (mixup and/or cutmix), or None when neither is set.
 
-  It adds `batch['targets']` (soft labels summing to 1) that the loss uses; with both
-  set, each batch takes one of the two at random (as timm does).
+  `dense_targets(batch)` gives the targets to mix, [B, K] (the task's: one-hot labels,
+  multi-hot labels, or every head's side by side); the mixed ones land in
+  `batch['targets']`, which the losses read. With both set, each batch takes one
+  of the two at random (as timm does).
   """
   mix_alpha, cut_alpha = data_config.mixup_alpha, data_config.cutmix_alpha
   if not (mix_alpha or cut_alpha):
     return None
 
   def transform(batch: dict, rng: jax.Array) -> dict:
-    # Multi-label batches mix their multi-hot 'labels' (BCE reads them back from there).
-    key = "labels" if "labels" in batch else "targets"
-    targets = batch.get(key)
-    if targets is None:
-      targets = jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
+    targets = dense_targets(batch)
     choose_rng, mix_rng = jax.random.split(rng)
     images = batch["image"]
     if mix_alpha and cut_alpha:
@@ -236,5 +234,5 @@ def device_transform(data_config, num_classes: int):
       images, targets = mixup(images, targets, mix_rng, mix_alpha)
     else:
       images, targets = cutmix(images, targets, mix_rng, cut_alpha)
-    return {**batch, "image": images, key: targets}
+    return {**batch, "image": images, "targets": targets}
   return transform

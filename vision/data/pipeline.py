@@ -25,8 +25,8 @@ from PIL import Image
 
 from vision.config import ConfigError
 from vision.data import augment, sampling
-from vision.data.sources import (RecordSource, SubsetSource, multi_hot_reader, record_labels,
-                                 vectorised_reader)
+from vision.data.sources import (COLUMN_PREFIX, RecordSource, SubsetSource, column_reader,
+                                 multi_hot_reader, record_labels, vectorised_reader)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +75,18 @@ def _match_channels(image: np.ndarray, channels: int) -> np.ndarray:
 _FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
+def resize_crop_geometry(height: int, width: int, size: int,
+                         resize_size: int | None = None) -> tuple[int, int, int, int]:
+  """(resized height, resized width, crop top, crop left) of `resize_and_center_crop`."""
+  resize_size = resize_size or size
+  if (height, width) == (size, size) and resize_size == size:
+    return height, width, 0, 0
+  short, long = min(height, width), max(height, width)
+  new_short, new_long = resize_size, int(resize_size * long / short)
+  new_h, new_w = (new_short, new_long) if height <= width else (new_long, new_short)
+  return new_h, new_w, int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+
+
 def resize_and_center_crop(image: np.ndarray, size: int, resize_size: int | None = None,
                            interpolation: str = "bilinear") -> np.ndarray:
   """Resizes the shorter side to `resize_size` (default `size`), then crops the centre square.
@@ -83,19 +95,15 @@ def resize_and_center_crop(image: np.ndarray, size: int, resize_size: int | None
   PIL image, so pretrained models see exactly what they saw in PyTorch.
   """
   height, width = image.shape[:2]
-  resize_size = resize_size or size
-  if (height, width) == (size, size) and resize_size == size:
+  if (height, width) == (size, size) and (resize_size or size) == size:
     return image
-  short, long = min(height, width), max(height, width)
-  new_short, new_long = resize_size, int(resize_size * long / short)
-  new_h, new_w = (new_short, new_long) if height <= width else (new_long, new_short)
+  new_h, new_w, top, left = resize_crop_geometry(height, width, size, resize_size)
   pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
   if (new_h, new_w) != (height, width):
     pil = pil.resize((new_w, new_h), _FILTERS[interpolation])
   resized = np.asarray(pil)
   if resized.ndim == 2:
     resized = resized[..., None]
-  top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
   return resized[top:top + size, left:left + size]
 
 
@@ -124,17 +132,31 @@ def read_batch(records: RecordSource, indices: np.ndarray,
 
 @dataclasses.dataclass(frozen=True)
 class LoadBatch(grain.transforms.Map):
-  """A batch of record indices → {'image': uint8 [B,H,W,C], 'label': int32 [B]}."""
+  """A batch of record indices → {'image': uint8 [B,H,W,C], 'label': int32 [B], ...}.
+
+  Multi-label sources add 'labels' (float32 multi-hot [B, C]); sources with extra
+  label columns add 'label/COLUMN' (int32 [B]) for each.
+  """
   records: RecordSource
   spec: ImageSpec
 
   def map(self, indices: np.ndarray) -> dict:
     images, labels = read_batch(self.records, indices, self.spec)
-    batch = {"image": images, "label": labels}
-    multi_hot = multi_hot_reader(self.records)
-    if multi_hot is not None:  # multi-label datasets: float32 [B, num_classes]
-      batch["labels"] = multi_hot(np.asarray(indices))
-    return batch
+    return {"image": images, "label": labels, **label_fields(self.records, indices)}
+
+
+def label_fields(records: RecordSource, indices: np.ndarray) -> dict[str, np.ndarray]:
+  """The labels a batch carries besides 'label': multi-hot 'labels', 'label/COLUMN'."""
+  indices = np.asarray(indices, np.int64)
+  fields = {}
+  multi_hot = multi_hot_reader(records)
+  if multi_hot is not None:  # multi-label datasets: float32 [B, num_classes]
+    fields["labels"] = multi_hot(indices)
+  columns = column_reader(records)
+  if columns is not None:
+    for name, values in columns(indices).items():
+      fields[COLUMN_PREFIX + name] = values.astype(np.int32)
+  return fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,10 +262,7 @@ def eval_batches(records: RecordSource, spec: ImageSpec, *, batch_size: int,
     yield pad_batch(batch, batch_size)
     produced += 1
   empty = {"image": np.zeros((0, spec.size, spec.size, spec.channels), np.float32),
-           "label": np.zeros((0,), np.int32)}
-  multi_hot = multi_hot_reader(records)
-  if multi_hot is not None:
-    empty["labels"] = multi_hot(np.zeros((0,), np.int64))
+           "label": np.zeros((0,), np.int32), **label_fields(records, np.zeros((0,), np.int64))}
   for _ in range(num_eval_batches(len(records), batch_size) - produced):
     yield pad_batch(empty, batch_size)
 

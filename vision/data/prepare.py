@@ -3,10 +3,14 @@
     report = prepare("folder:photos", "data/photos", PrepareOptions())
     report["summary"]          # {'truncated': 1, 'leakage': 2, ...}; also DIR/audit.json, .html
 
-Sources: `folder:PATH` (class sub-folders, optionally under train/ val|valid/ test/),
-`csv:FILE` (columns `path,label[,split]`; `;` separates the labels of a
-multi-label image; paths relative to the CSV) and `labelstudio:FILE` (a Label
-Studio JSON export of an image-classification project with `choices`).
+Sources: `folder:PATH` (class sub-folders, optionally under train/ val|valid|validation/
+test/), `csv:FILE` (columns `path,label[,split]`; `;` separates the labels of a
+multi-label image; paths relative to the CSV; every further column is one more
+label per image, e.g. `garment`, which a multi-task head reads as
+`column:garment`) and `labelstudio:FILE` (a Label Studio JSON export of an
+image-classification project with `choices`), listed by vision/data/listing.py
+and decoded by vision/data/decode.py exactly as training's sources do; the class
+structure is checked as theirs is (vision/data/structure.py).
 
 The output directory holds one `SPLIT.array_record` per split (each record a
 small JSON header, then the image as lossless PNG, RGB, the right way up) and
@@ -21,44 +25,29 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import csv
 import dataclasses
 import io
 import json
+import logging
 import os
 import pathlib
 import struct
 from typing import Callable, Sequence
-from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
 from PIL import Image
 
 from vision.data import audit
-from vision.data.sources import SourceError, _stratified_split
+from vision.data.decode import decode_image
+from vision.data.listing import SPLITS, Item, Listing, list_source
+from vision.data.sources import SourceError, stratified_split
+from vision.data.structure import check_classes
 from vision.files import write_atomically, write_text_atomically
+
+log = logging.getLogger(__name__)
 
 FORMAT = "vision.prepared/1"
 METADATA = "metadata.json"
-SPLITS = ("train", "val", "test")
-_SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val",
-                  "test": "test"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Item:
-  """One listed image: where it is, its label(s) and its split if the source gives one."""
-  path: str
-  labels: tuple[str, ...]
-  split: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Listing:
-  items: list[Item]
-  class_names: tuple[str, ...]
-  findings: list[audit.Finding]
-  root: pathlib.Path | None = None  # a folder the output must not be written into
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,144 +56,6 @@ class PrepareOptions:
   val_fraction: float = 0.1
   test_fraction: float = 0.1
   split_seed: int = 0
-
-
-# ------------------------------------------------------------------- listing
-
-
-def _visible_files(folder: pathlib.Path) -> list[pathlib.Path]:
-  # Every file, not just image suffixes: a stray PDF in a class folder is a finding.
-  return sorted(p for p in folder.rglob("*")
-                if not any(part.startswith(".") for part in p.relative_to(folder).parts)
-                and (p.is_file() or p.is_symlink()))
-
-
-def list_folder(location: str) -> Listing:
-  root = pathlib.Path(location)
-  if not root.is_dir():
-    raise SourceError(f"folder {root} does not exist")
-  split_dirs = {_SPLIT_ALIASES[p.name]: p for p in sorted(root.iterdir())
-                if p.is_dir() and p.name in _SPLIT_ALIASES}
-  if "train" not in split_dirs:
-    split_dirs = {None: root}
-  items = []
-  for split, folder in split_dirs.items():
-    for class_dir in sorted(p for p in folder.iterdir()
-                            if p.is_dir() and not p.name.startswith(".")):
-      items += [Item(str(path), (class_dir.name,), split) for path in _visible_files(class_dir)]
-  if not items:
-    raise SourceError(f"{root} has no class sub-folders with files "
-                      f"(expected {root}/CLASS/IMAGE or {root}/train/CLASS/IMAGE)")
-  names = tuple(sorted({label for item in items for label in item.labels}))
-  return Listing(items, names, [], root)
-
-
-def _split_labels(text: str) -> tuple[str, ...]:
-  return tuple(dict.fromkeys(t.strip() for t in text.split(";") if t.strip()))
-
-
-def list_csv(location: str) -> Listing:
-  path = pathlib.Path(location)
-  if not path.is_file():
-    raise SourceError(f"CSV file {path} does not exist")
-  with open(path, newline="", encoding="utf-8-sig") as handle:
-    reader = csv.DictReader(handle)
-    columns = set(reader.fieldnames or ())
-    if not {"path", "label"} <= columns:
-      raise SourceError(f"{path} must have a header with columns 'path' and 'label' "
-                        f"(optional 'split'); it has {sorted(columns)}")
-    rows = list(reader)
-  items, findings = [], []
-  for number, row in enumerate(rows, start=2):
-    file = str((path.parent / row["path"].strip()).resolve()) if row["path"] else ""
-    labels = _split_labels(row["label"] or "")
-    split = (row.get("split") or "").strip().lower() or None
-    if split is not None and split not in _SPLIT_ALIASES:
-      raise SourceError(f"{path} line {number}: split {split!r} is not one of train, val, test")
-    if not file or not labels:
-      findings.append(audit.Finding(file or f"{path}:{number}", "unlabelled",
-                                    f"{path} line {number} has no path or no label",
-                                    audit.EXCLUDED))
-      continue
-    items.append(Item(file, labels, split and _SPLIT_ALIASES[split]))
-  names = tuple(sorted({label for item in items for label in item.labels}))
-  if not names:
-    raise SourceError(f"{path} lists no labelled images")
-  return Listing(items, names, findings)
-
-
-def _labelstudio_path(reference: str, root: pathlib.Path) -> str:
-  """A Label Studio image reference (upload, local-files, file://) → a local path."""
-  parsed = urlparse(reference)
-  if parsed.scheme in ("http", "https", "s3", "gs"):
-    return reference  # reported as unreadable: remote images must be downloaded first
-  if "d" in parse_qs(parsed.query):  # /data/local-files/?d=relative/path.jpg
-    return str(root / unquote(parse_qs(parsed.query)["d"][0]))
-  local = unquote(parsed.path)
-  candidates = [pathlib.Path(local), root / local.lstrip("/"), root / pathlib.Path(local).name]
-  # Uploads are stored as '<8 hex>-<original name>'.
-  name = pathlib.Path(local).name
-  if len(name) > 9 and name[8] == "-":
-    candidates.append(root / name[9:])
-  for candidate in candidates:
-    if candidate.exists():
-      return str(candidate)
-  return str(candidates[1])
-
-
-def _choices(task: dict) -> tuple[str, ...] | None:
-  annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-  if not annotations:
-    return None
-  # The most recent annotation wins, as in Label Studio's own exports.
-  latest = max(annotations, key=lambda a: str(a.get("updated_at") or a.get("created_at") or ""))
-  labels = []
-  for result in latest.get("result") or []:
-    if result.get("type") == "choices":
-      labels += result.get("value", {}).get("choices", [])
-  return tuple(dict.fromkeys(labels)) or None
-
-
-def list_labelstudio(location: str, image_root: str | None = None) -> Listing:
-  path = pathlib.Path(location)
-  if not path.is_file():
-    raise SourceError(f"Label Studio export {path} does not exist")
-  try:
-    tasks = json.loads(path.read_text(encoding="utf-8"))
-  except json.JSONDecodeError as error:
-    raise SourceError(f"{path} is not JSON ({error}); export the project as 'JSON'") from None
-  if not isinstance(tasks, list):
-    raise SourceError(f"{path} must hold a list of tasks (Label Studio's 'JSON' export)")
-  root = pathlib.Path(image_root) if image_root else path.parent
-  items, findings = [], []
-  for task in tasks:
-    data = task.get("data") or {}
-    reference = data.get("image") or next((v for v in data.values() if isinstance(v, str)), None)
-    if reference is None:
-      raise SourceError(f"{path}: task {task.get('id')} has no image in 'data'")
-    file = _labelstudio_path(reference, root)
-    labels = _choices(task)
-    if labels is None:
-      findings.append(audit.Finding(file, "unlabelled", f"task {task.get('id')} has no "
-                                    "(non-cancelled) annotation with choices", audit.EXCLUDED))
-      continue
-    items.append(Item(file, labels))
-  names = tuple(sorted({label for item in items for label in item.labels}))
-  if not names:
-    raise SourceError(f"{path} has no annotated tasks")
-  return Listing(items, names, findings)
-
-
-LISTERS: dict[str, Callable[[str], Listing]] = {
-    "folder": list_folder, "csv": list_csv, "labelstudio": list_labelstudio}
-
-
-def list_source(source: str) -> Listing:
-  kind, sep, location = source.partition(":")
-  if not sep or kind not in LISTERS:
-    raise SourceError(f"--source {source!r} is not one of: "
-                      f"{', '.join(k + ':PATH' for k in LISTERS)}")
-  return LISTERS[kind](location)
 
 
 # ------------------------------------------------------------------- records
@@ -225,8 +76,7 @@ def encode_record(png: bytes, header: dict) -> bytes:
 def decode_record(record: bytes) -> tuple[np.ndarray, dict]:
   (length,) = struct.unpack_from("<I", record)
   header = json.loads(record[4:4 + length])
-  with Image.open(io.BytesIO(record[4 + length:])) as image:
-    return np.asarray(image.convert("RGB"), dtype=np.uint8), header
+  return decode_image(record[4 + length:], where=header.get("path", "record")), header
 
 
 def _write_records(path: pathlib.Path, records: Sequence[bytes]) -> None:
@@ -275,7 +125,7 @@ def _drop_conflicts_and_copies(kept: list[Kept]) -> tuple[list[Kept], list[audit
   for indices in groups.values():
     if len(indices) < 2:
       continue
-    if len({kept[i].item.labels for i in indices}) > 1:
+    if len({(kept[i].item.labels, kept[i].item.columns) for i in indices}) > 1:
       labels = {kept[i].item.path: "/".join(kept[i].item.labels) for i in indices}
       for i in indices:
         others = ", ".join(f"{p} ({l})" for p, l in labels.items() if p != kept[i].item.path)
@@ -299,6 +149,20 @@ def _drop_conflicts_and_copies(kept: list[Kept]) -> tuple[list[Kept], list[audit
   return [k for i, k in enumerate(kept) if i not in drop], findings
 
 
+def _check_structure(source: str, class_names: Sequence[str], kept: Sequence[Kept],
+                     native_splits: set[str]) -> None:
+  """The class-structure checks every training source gets (vision/data/structure.py)."""
+  index = {name: i for i, name in enumerate(class_names)}
+  counts = {"train": np.zeros(len(class_names), np.int64)}
+  for entry in kept:
+    split_counts = counts.setdefault(entry.split, np.zeros(len(class_names), np.int64))
+    for label in entry.item.labels:
+      split_counts[index[label]] += 1
+  for warning in check_classes(source, class_names, counts, native_splits=native_splits,
+                               discovered=True):
+    log.warning(warning)
+
+
 def _carve(kept: list[Kept], class_names: Sequence[str], options: PrepareOptions) -> None:
   """Assigns a split to every entry; missing val/test are carved from train."""
   for entry in kept:
@@ -312,7 +176,7 @@ def _carve(kept: list[Kept], class_names: Sequence[str], options: PrepareOptions
     pool = np.array([i for i, e in enumerate(kept) if e.split == "train"])
     labels = np.array([index[kept[i].item.labels[0]] for i in pool])
     count = max(1, round(fraction * len(pool)))
-    _, taken = _stratified_split(pool, labels, count, options.split_seed)
+    _, taken = stratified_split(pool, labels, count, options.split_seed)
     for i in taken:
       kept[int(i)].split = split
 
@@ -347,7 +211,7 @@ def prepare(source: str, out: str, options: PrepareOptions = PrepareOptions(),
   listing = list_source(source)
   out_dir = pathlib.Path(out)
   _check_output(out_dir, listing)
-  findings = list(listing.findings)
+  findings = [audit.Finding(s.path, s.kind, s.reason, audit.EXCLUDED) for s in listing.skipped]
   kept = []
   # Decoding and PNG encoding release the GIL: threads keep every core busy.
   with concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
@@ -363,7 +227,9 @@ def prepare(source: str, out: str, options: PrepareOptions = PrepareOptions(),
   if not kept:
     raise SourceError(f"no usable images in {source}: every file was excluded "
                       f"({audit.summarise(findings)})")
+  native_splits = {entry.split or "train" for entry in kept}
   _carve(kept, listing.class_names, options)
+  _check_structure(source, listing.class_names, kept, native_splits)
   kept, leakage = _drop_leakage(kept)
   findings += duplicate_findings + leakage
   entries = [audit.Entry(k.item.path, k.split, k.item.labels, k.inspected.sha256,
@@ -383,6 +249,7 @@ def _write_dataset(out: pathlib.Path, source: str, class_names: tuple[str, ...],
                    kept: list[Kept]) -> dict:
   index = {name: i for i, name in enumerate(class_names)}
   multi_label = any(len(k.item.labels) > 1 for k in kept)
+  label_columns = _label_columns(kept)
   splits, records_meta = {}, {}
   for split in SPLITS:
     members = [k for k in kept if k.split == split]
@@ -392,6 +259,8 @@ def _write_dataset(out: pathlib.Path, source: str, class_names: tuple[str, ...],
     for k in members:
       header = {"path": k.item.path, "labels": [index[l] for l in k.item.labels],
                 "sha256": k.inspected.sha256}
+      if label_columns:
+        header["columns"] = {c: label_columns[c].index(v) for c, v in k.item.columns}
       records.append(encode_record(k.png, header))
       rows.append({**header, "width": k.width, "height": k.height, "phash": k.inspected.phash})
     _write_records(out / f"{split}.array_record", records)
@@ -403,8 +272,19 @@ def _write_dataset(out: pathlib.Path, source: str, class_names: tuple[str, ...],
   metadata = {"format": FORMAT, "source": source, "class_names": list(class_names),
               "multi_label": multi_label, "image_size": _size_hint(kept), "splits": splits,
               "records": records_meta}
+  if label_columns:
+    metadata["label_columns"] = {c: list(values) for c, values in label_columns.items()}
   write_text_atomically(out / METADATA, json.dumps(metadata))
   return metadata
+
+
+def _label_columns(kept: list[Kept]) -> dict[str, tuple[str, ...]]:
+  """Each extra CSV label column → its values, sorted (a value's index is its class)."""
+  values: dict[str, set[str]] = collections.defaultdict(set)
+  for k in kept:
+    for column, value in k.item.columns:
+      values[column].add(value)
+  return {column: tuple(sorted(found)) for column, found in sorted(values.items())}
 
 
 def _audit_report(source: str, listing: Listing, kept: list[Kept],
@@ -416,7 +296,7 @@ def _audit_report(source: str, listing: Listing, kept: list[Kept],
     total.update(split["class_counts"])
   return {
       "source": source,
-      "files_seen": len(listing.items) + len(listing.findings),
+      "files_seen": len(listing.items) + len(listing.skipped),
       "files_kept": len(kept),
       "files_excluded": len(excluded),
       "class_names": metadata["class_names"],
@@ -446,6 +326,5 @@ def _thumbnail_lookup(kept: list[Kept]) -> Callable[[str], str | None]:
     entry = by_path.get(path)
     if entry is None:
       return None
-    with Image.open(io.BytesIO(entry.png)) as image:
-      return audit.thumbnail_uri(np.asarray(image.convert("RGB")))
+    return audit.thumbnail_uri(decode_image(entry.png, where=path))
   return thumbnail

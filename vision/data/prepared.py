@@ -4,7 +4,9 @@
     dataset.class_names, dataset.split("val")[0]["image"].shape
 
 Records decode to `{'image': uint8 HWC RGB, 'label': int}`; a multi-label
-dataset adds `'labels'`, a float32 multi-hot vector over the classes.
+dataset adds `'labels'`, a float32 multi-hot vector over the classes, and a CSV
+with extra label columns adds `'label/COLUMN'` per column (the index of the
+value among `metadata.json: label_columns[COLUMN]`, -1 where the cell was empty).
 """
 
 from __future__ import annotations
@@ -15,19 +17,24 @@ import pathlib
 import numpy as np
 
 from vision.data import prepare as prepare_lib
-from vision.data.sources import NativeData, NativeSplit, SourceError, SplitOptions
+from vision.data.sources import (COLUMN_PREFIX, SOURCES, NativeData, NativeSplit, SourceError,
+                                 SplitOptions, multi_hot)
 
 
 class PreparedSource:
   """One split's array_record file, decoded on access (inside grain workers when there are any)."""
 
   def __init__(self, path: pathlib.Path, labels: list[list[int]], num_classes: int,
-               multi_label: bool, paths: list[str]):
+               multi_label: bool, paths: list[str],
+               columns: dict[str, np.ndarray] | None = None):
     self._path, self._labels, self._paths = str(path), labels, paths
     self._num_classes, self._multi_label = num_classes, multi_label
+    self._columns = columns or {}
     self._reader = None
     if multi_label:
       self.read_multi_hot = self._read_multi_hot
+    if self._columns:
+      self.read_columns = self._read_columns
 
   def __len__(self) -> int:
     return len(self._labels)
@@ -35,12 +42,15 @@ class PreparedSource:
   def __getstate__(self) -> dict:
     state = {**self.__dict__, "_reader": None}  # readers do not pickle; workers reopen
     state.pop("read_multi_hot", None)
+    state.pop("read_columns", None)
     return state
 
   def __setstate__(self, state: dict) -> None:
     self.__dict__.update(state)
     if self._multi_label:
       self.read_multi_hot = self._read_multi_hot
+    if self._columns:
+      self.read_columns = self._read_columns
 
   def _records(self):
     if self._reader is None:
@@ -53,7 +63,14 @@ class PreparedSource:
     record = {"image": image, "label": int(header["labels"][0])}
     if self._multi_label:
       record["labels"] = multi_hot(header["labels"], self._num_classes)
+    for name, values in self._columns.items():
+      record[COLUMN_PREFIX + name] = int(values[int(index)])
     return record
+
+  def _read_columns(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """The extra label columns at `indices` (int64, -1: no value), without decoding images."""
+    indices = np.asarray(indices, np.int64)
+    return {name: values[indices] for name, values in self._columns.items()}
 
   def _read_multi_hot(self, indices: np.ndarray) -> np.ndarray:
     """Multi-hot targets [N, classes] from the metadata, without decoding images."""
@@ -75,12 +92,6 @@ class PreparedSource:
     return self._labels
 
 
-def multi_hot(labels, num_classes: int) -> np.ndarray:
-  vector = np.zeros((num_classes,), np.float32)
-  vector[list(labels)] = 1.0
-  return vector
-
-
 def read_metadata(location: str | pathlib.Path) -> dict:
   path = pathlib.Path(location) / prepare_lib.METADATA
   if not path.is_file():
@@ -98,12 +109,19 @@ def open_prepared(location: str, options: SplitOptions) -> NativeData:
   root = pathlib.Path(location)
   metadata = read_metadata(root)
   names = tuple(metadata["class_names"])
+  label_columns = {name: tuple(values)
+                   for name, values in metadata.get("label_columns", {}).items()}
   splits = {}
   for split, info in metadata["splits"].items():
     rows = metadata["records"][split]
     label_lists = [row["labels"] for row in rows]
+    columns = {name: np.array([row.get("columns", {}).get(name, -1) for row in rows], np.int64)
+               for name in label_columns}
     source = PreparedSource(root / info["file"], label_lists, len(names), metadata["multi_label"],
-                            [row["path"] for row in rows])
+                            [row["path"] for row in rows], columns)
     splits[split] = NativeSplit(source, np.array([l[0] for l in label_lists], np.int64))
   return NativeData(splits, names, image_size=metadata.get("image_size"),
-                    multi_label=bool(metadata["multi_label"]))
+                    multi_label=bool(metadata["multi_label"]), label_columns=label_columns)
+
+
+SOURCES["prepared"] = open_prepared

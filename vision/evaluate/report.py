@@ -13,7 +13,7 @@ Usage:
   print(report_lib.format_summary(report))
 
 The report is a plain dict whose keys are a contract: `num_examples`,
-`accuracy`, `top5_accuracy` (only when there are at least 5 classes), `loss`,
+`accuracy`, `top5_accuracy` (only when there are more than 5 classes), `loss`,
 `class_names`, `per_class`, `macro_avg`, `weighted_avg` and
 `confusion_matrix` (rows are true classes, columns predicted classes).
 """
@@ -145,8 +145,8 @@ def classification_report(
       "num_examples": int(labels.shape[0]),
       "accuracy": float(metrics.accuracy_score(labels, preds)),
   }
-  # With fewer than 5 classes top-5 accuracy is trivially 1 and misleading.
-  if num_classes >= _TOP_K:
+  # With 5 classes or fewer top-5 accuracy is trivially 1 and misleading.
+  if num_classes > _TOP_K:
     report["top5_accuracy"] = _top_k_accuracy(labels, probs, _TOP_K)
   report["loss"] = _mean_cross_entropy(labels, probs)
   report["class_names"] = class_names

@@ -6,12 +6,15 @@
     model.predict(uint8_images)["logits"]
 
 An export directory holds the model file, `export.json` (format, input spec,
-class names, version) and `export_report.json` (the parity check). The model
+class names, version) and `export_report.json` (the parity check, on a bounded
+sample of the validation split). A converter failure is an `ExportError`
+whose message is one line: format, op or reason, what to do. The model
 takes uint8 NHWC images of any batch size and returns `logits` and `embedding`.
 """
 
-from vision.export.export import ParityError, export_workdir
+from vision.export.errors import ExportError
+from vision.export.export import DEFAULT_MAX_EXAMPLES, ParityError, export_workdir
 from vision.export.runtime import EXPORT_JSON, FORMATS, ExportedModel, load_exported
 
-__all__ = ["EXPORT_JSON", "FORMATS", "ExportedModel", "ParityError", "export_workdir",
-           "load_exported"]
+__all__ = ["DEFAULT_MAX_EXAMPLES", "EXPORT_JSON", "FORMATS", "ExportError", "ExportedModel",
+           "ParityError", "export_workdir", "load_exported"]

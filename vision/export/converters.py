@@ -4,6 +4,7 @@
     write_saved_model(serving, out / "saved_model")
     write_tflite(out / "saved_model", out / "model.tflite", calibration=None)
     write_onnx(out / "model.tflite", out / "model.onnx")
+    made = Intermediates(serving, scratch_dir)   # made.saved_model(), made.tflite(): once each
 
 Routes (each measured to match JAX on this stack, see README "Export"):
   * StableHLO: `jax.export` with a symbolic batch dimension, serialized bytes.
@@ -13,26 +14,30 @@ Routes (each measured to match JAX on this stack, see README "Export"):
     post-training quantization calibrated by a representative dataset of
     training images (uint8 in, float32 out, int8 weights and activations).
   * ONNX: `tf2onnx` from the TFLite file (tf2onnx cannot read jax2tf
-    SavedModels: their `XlaCallModule` op has no ONNX handler). int8 ONNX
+    SavedModels: their `XlaCallModule` op has no ONNX handler), with the
+    corrections in `vision.export.tf2onnx_fixes`. int8 ONNX
     comes from static quantization of the fp32 ONNX model by ONNX Runtime
     (QDQ, per-channel weights) with the same calibration images.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import multiprocessing
 import os
 import pathlib
 import tempfile
-import warnings
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import jax
 import numpy as np
 
-from vision.export.serving import INPUT_NAME, OUTPUT_NAMES, ServingFunction
+from vision.export import tf2onnx_fixes
+from vision.export.serving import INPUT_NAME, ServingFunction
 
 ONNX_OPSET = 17
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -62,10 +67,34 @@ def write_saved_model(serving: ServingFunction, path: pathlib.Path) -> None:
       tf.TensorSpec([None, height, width, channels], tf.uint8, name=INPUT_NAME)])
   def serve(images):
     outputs = converted(module.weights, images)
-    return {name: tf.identity(outputs[name], name=name) for name in OUTPUT_NAMES}
+    return {name: tf.identity(outputs[name], name=name) for name in serving.output_names}
 
   module.serve = serve
   tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
+
+
+class Intermediates:
+  """The SavedModel and fp32 TFLite file that TFLite and ONNX exports are converted from.
+
+  Each is made on first use in `directory` and then reused, so that exporting
+  one model to several formats (and precisions) converts it once.
+  """
+
+  def __init__(self, serving: ServingFunction, directory: pathlib.Path):
+    self._serving, self._directory = serving, pathlib.Path(directory)
+
+  def saved_model(self) -> pathlib.Path:
+    path = self._directory / "saved_model"
+    if not path.exists():
+      write_saved_model(self._serving, path)
+    return path
+
+  def tflite(self) -> pathlib.Path:
+    """The fp32 TFLite file."""
+    path = self._directory / "model.tflite"
+    if not path.exists():
+      write_tflite(self.saved_model(), path)
+    return path
 
 
 def calibration_batches(images: np.ndarray) -> Iterator[list[np.ndarray]]:
@@ -74,13 +103,41 @@ def calibration_batches(images: np.ndarray) -> Iterator[list[np.ndarray]]:
     yield [image[None]]
 
 
+def run_isolated(what: str, function: Callable[..., T], *args: Any) -> T:
+  """`function(*args)` in a fresh child process; a crash of the child raises RuntimeError.
+
+  `what` names the work in that error ("the TFLite int8 converter").
+
+  For converter code that can kill the process (a segmentation fault in the TFLite
+  converter's C++ quantizer, seen on EfficientNet-B0), so that the export ends with
+  one error line instead of a dead process. `function` must be importable by name.
+  """
+  spawn = multiprocessing.get_context("spawn")  # no fork of a process running XLA threads
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+    try:
+      return pool.submit(function, *args).result()
+    except concurrent.futures.process.BrokenProcessPool:
+      raise RuntimeError(f"{what} crashed: its process died (a fault in its native code, not "
+                         "in the model)") from None
+
+
 def write_tflite(saved_model: pathlib.Path, path: pathlib.Path, *,
                  calibration: np.ndarray | None = None) -> str:
   """fp32, or int8 when `calibration` (uint8 NHWC training images) is given.
 
   Returns how it was quantized: "none", "full_integer" (every op int8), or
   "integer_with_float_fallback" when some op has no int8 kernel and stays float.
+  The int8 conversion runs in a child process (`run_isolated`): its quantizer
+  has crashed the whole process.
   """
+  if calibration is None:
+    return _write_tflite_here(saved_model, path, None)
+  return run_isolated("the TFLite int8 converter", _write_tflite_here, saved_model, path,
+                      calibration)
+
+
+def _write_tflite_here(saved_model: pathlib.Path, path: pathlib.Path,
+                       calibration: np.ndarray | None) -> str:
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
   def converter(ops):
@@ -104,42 +161,45 @@ def write_tflite(saved_model: pathlib.Path, path: pathlib.Path, *,
   return "integer_with_float_fallback"
 
 
-def _name_tensors(model, renames: dict[str, str]) -> None:
-  """Our tensor names, outputs in OUTPUT_NAMES order, and the batch dimension called `batch`."""
+def _name_tensors(model, renames: dict[str, str], output_names: tuple[str, ...]) -> None:
+  """Our tensor names, outputs in `output_names` order, and the batch dimension called `batch`."""
   graph = model.graph
   for value in list(graph.input) + list(graph.output) + list(graph.value_info):
     value.name = renames.get(value.name, value.name)
   for node in graph.node:
     node.input[:] = [renames.get(name, name) for name in node.input]
     node.output[:] = [renames.get(name, name) for name in node.output]
-  outputs = sorted(graph.output, key=lambda value: OUTPUT_NAMES.index(value.name))
+  outputs = sorted(graph.output, key=lambda value: output_names.index(value.name))
   del graph.output[:]
   graph.output.extend(outputs)
   for value in list(graph.input) + list(graph.output):
     value.type.tensor_type.shape.dim[0].dim_param = "batch"
 
 
-def write_onnx(tflite: pathlib.Path, path: pathlib.Path) -> None:
-  """tf2onnx from the TFLite file; input `images`, outputs `logits` and `embedding`."""
+def write_onnx(tflite: pathlib.Path, path: pathlib.Path,
+               output_names: tuple[str, ...] = ("logits", "embedding")) -> None:
+  """tf2onnx from the TFLite file; input `images`, outputs `output_names` in that order."""
   import onnx  # pylint: disable=import-outside-toplevel
   from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
-  import tf2onnx  # pylint: disable=import-outside-toplevel
 
   # The TFLite signature maps our names to the converter's tensor names.
   runner = Interpreter(model_path=str(tflite)).get_signature_runner("serving_default")
   renames = {details["name"]: name for name, details in
              {**runner.get_input_details(), **runner.get_output_details()}.items()}
-  with warnings.catch_warnings():
-    # tf2onnx reads the file with tf.lite.Interpreter, which warns that LiteRT replaces it.
-    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-    model, _ = tf2onnx.convert.from_tflite(str(tflite), opset=ONNX_OPSET)
-  _name_tensors(model, renames)
+  model = tf2onnx_fixes.tflite_to_onnx(tflite, opset=ONNX_OPSET)
+  _name_tensors(model, renames, output_names)
   onnx.checker.check_model(model)
   onnx.save(model, str(path))
 
 
-def write_onnx_int8(fp32_onnx: pathlib.Path, path: pathlib.Path, calibration: np.ndarray) -> None:
-  """ONNX Runtime static quantization (QDQ, per-channel, int8) calibrated on `calibration`."""
+def write_onnx_int8(fp32_onnx: pathlib.Path, path: pathlib.Path, calibration: np.ndarray,
+                    range_overrides: Callable[[Any], dict] | None = None) -> None:
+  """ONNX Runtime static quantization (QDQ, per-channel, int8) calibrated on `calibration`.
+
+  `range_overrides(onnx_model)` may fix some tensors' ranges (ONNX Runtime's
+  `TensorQuantOverrides`: a QAT model's learned ranges) instead of calibrating them.
+  """
+  import onnx  # pylint: disable=import-outside-toplevel
   from onnxruntime import quantization  # pylint: disable=import-outside-toplevel
 
   class Reader(quantization.CalibrationDataReader):
@@ -153,10 +213,12 @@ def write_onnx_int8(fp32_onnx: pathlib.Path, path: pathlib.Path, calibration: np
   with tempfile.TemporaryDirectory() as tmp:
     prepared = pathlib.Path(tmp) / "prepared.onnx"
     quantization.quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
+    overrides = range_overrides(onnx.load(str(prepared))) if range_overrides else {}
     quantization.quantize_static(
         str(prepared), str(path), Reader(calibration),
         quant_format=quantization.QuantFormat.QDQ, per_channel=True,
-        activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8)
+        activation_type=quantization.QuantType.QInt8, weight_type=quantization.QuantType.QInt8,
+        extra_options={"TensorQuantOverrides": overrides} if overrides else None)
 
 
 def tree_size(path: pathlib.Path) -> int:

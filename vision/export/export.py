@@ -5,15 +5,22 @@
 
 OUT receives the model file, `export.json` (format, input spec, class names,
 version; the contract the server reads) and `export_report.json`. The check
-runs the exported model in its own runtime on the validation split of the data
-the model was trained on and compares it with the JAX model fed by the training
-pipeline's own preprocessing. It raises `ParityError` (after writing the report)
-when top-1 agreement is below `MIN_AGREEMENT_FP32` (0.999), or for int8 below
-`MIN_AGREEMENT_INT8` (0.97) or with an accuracy drop above `MAX_ACCURACY_DROP_INT8`.
+runs the exported model in its own runtime on a fixed random sample of the
+validation split of the data the model was trained on (`DEFAULT_MAX_EXAMPLES`,
+2,000 images, unless `max_examples` says otherwise), streamed in batches, and
+compares it with the JAX model fed by the training pipeline's own
+preprocessing. It raises `ParityError` (after writing the report) when top-1
+agreement is below `MIN_AGREEMENT_FP32` (0.999), or for int8 below
+`MIN_AGREEMENT_INT8` (0.97) or with an accuracy drop above
+`MAX_ACCURACY_DROP_INT8`, and `ExportError` (one line: format, op or reason,
+what to do) when a converter fails or the exported model does not run.
+A multi-task model exports one output per head (`logits_HEAD`); each is checked,
+the report gives each head's figures under `heads` and the worst at the top.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,6 +28,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 from typing import Iterable, Iterator
 
 from flax import nnx
@@ -28,16 +36,20 @@ import jax
 import numpy as np
 
 from vision import config as config_lib
+from vision import tasks
 from vision.checkpoint import ModelCard, load_model
+from vision.compress import quant
 from vision.models import layers
 from vision.config import ConfigError
 from vision.data import open_from_config, pipeline
 from vision.data.sources import RecordSource
 from vision.evaluate.evaluate import card_spec
 from vision.export import converters
+from vision.export.errors import converter_step
+from vision.export.fold import fold_batch_norms
 from vision.export.latency import DEFAULT_REPEATS, median_latency_ms
 from vision.export.runtime import (EXPORT_JSON, FORMATS, MODEL_FILES, load_exported)
-from vision.export.serving import INPUT_NAME, OUTPUT_NAMES, serving_function
+from vision.export.serving import INPUT_NAME, ServingFunction, serving_function
 from vision.files import write_text_atomically
 
 log = logging.getLogger(__name__)
@@ -47,7 +59,10 @@ MIN_AGREEMENT_FP32 = 0.999
 MIN_AGREEMENT_INT8 = 0.97
 MAX_ACCURACY_DROP_INT8 = 0.02
 CALIBRATION_EXAMPLES = 256
-_BATCH = 256
+# Validation images the parity check runs on unless told otherwise (None or 0: all of them).
+DEFAULT_MAX_EXAMPLES = 2000
+_BATCH = 64
+_PROGRESS_SECONDS = 10.0
 RUNTIMES = {"saved_model": "TensorFlow SavedModel", "tflite": "LiteRT (TFLite)",
             "onnx": "ONNX Runtime", "stablehlo": "jax.export (StableHLO)"}
 
@@ -75,10 +90,10 @@ def _open_splits(workdir: pathlib.Path, data_source: str | None):
 
 
 def _batches(records: RecordSource, spec: pipeline.ImageSpec,
-             indices: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """uint8 images (model size) and labels at `indices`, `_BATCH` at a time."""
+             indices: np.ndarray) -> Iterator[dict[str, np.ndarray]]:
+  """Host batches (uint8 images of the model's size, labels) at `indices`, `_BATCH` at a time."""
   for start in range(0, len(indices), _BATCH):
-    yield pipeline.read_batch(records, indices[start:start + _BATCH], spec)
+    yield pipeline.LoadBatch(records, spec).map(indices[start:start + _BATCH])
 
 
 def calibration_images(records: RecordSource, spec: pipeline.ImageSpec,
@@ -86,7 +101,7 @@ def calibration_images(records: RecordSource, spec: pipeline.ImageSpec,
   """`count` training images (uint8, model size) drawn at random: int8's calibration set."""
   chosen = np.random.default_rng(seed).choice(len(records), min(count, len(records)),
                                               replace=False)
-  return np.concatenate([images for images, _ in _batches(records, spec, np.sort(chosen))])
+  return np.concatenate([batch["image"] for batch in _batches(records, spec, np.sort(chosen))])
 
 
 # ---------------------------------------------------------------------- parity
@@ -109,40 +124,112 @@ def jax_logits_function(model: nnx.Module, card: ModelCard):
   return logits
 
 
-def parity_report(jax_logits, exported, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict:
-  """Agreement, accuracies and logit differences of `exported` vs JAX over `batches`."""
-  reference, logits, labels = [], [], []
-  embedding_dims, finite = set(), True
+class _OutputTotals:
+  """Running sums of one output's agreement and logit differences (nothing per image kept)."""
+
+  def __init__(self):
+    self.count = self.agree = 0
+    self.max_abs = self.sum_abs = 0.0
+    self.classes = 0
+
+  def add(self, reference: np.ndarray, exported: np.ndarray) -> None:
+    difference = np.abs(exported - reference)
+    self.count += len(reference)
+    self.classes = reference.shape[-1]
+    self.agree += int(np.sum(exported.argmax(-1) == reference.argmax(-1)))
+    self.max_abs = max(self.max_abs, float(difference.max(initial=0.0)))
+    self.sum_abs += float(difference.sum())
+
+  def stats(self) -> dict:
+    return {"top1_agreement": self.agree / self.count, "max_abs_logit_diff": self.max_abs,
+            "mean_abs_logit_diff": self.sum_abs / (self.count * max(self.classes, 1))}
+
+
+class _ParityTotals:
+  """Running sums over the checked batches, per output of the task: nothing per image is kept.
+
+  The task's accuracy (`report(...)["accuracy"]`) is a mean over examples for
+  every task (a multi-task model's: over heads and examples alike), so the
+  batch-weighted sum of each batch's accuracy is the accuracy of the whole sample.
+  """
+
+  def __init__(self, task):
+    self.task = task
+    self.count = 0
+    self.correct_exported = self.correct_jax = 0.0
+    self.outputs = {name: _OutputTotals() for name in task.output_names}
+    self.logit_shapes, self.embedding_dims, self.finite = set(), set(), True
+
+  def add(self, reference: np.ndarray, produced: dict, batch: dict) -> None:
+    logits = self.task.join(produced)
+    self.logit_shapes.add((logits.shape[1:], reference.shape[1:]))
+    self.embedding_dims.add(produced["embedding"].shape[1:])
+    self.finite &= bool(all(np.isfinite(value).all() for value in produced.values()))
+    if logits.shape != reference.shape:
+      return
+    # Every output as the exported graph computes it (the probabilities too, temperature and all).
+    expected = self.task.outputs(reference)
+    for name in self.task.output_names:
+      self.outputs[name].add(expected[name], np.asarray(produced[name]))
+    targets = self.task.targets(batch)
+    count = len(reference)
+    self.count += count
+    self.correct_exported += count * self.task.report(
+        targets, self.task.probabilities(logits))["accuracy"]
+    self.correct_jax += count * self.task.report(
+        targets, self.task.probabilities(reference))["accuracy"]
+
+
+def parity_report(jax_logits, exported, batches: Iterable[dict[str, np.ndarray]], task, *,
+                  total: int | None = None) -> dict:
+  """Agreement, accuracies and logit differences of `exported` vs JAX over `batches`.
+
+  Streams: each batch is compared and dropped. Each of the task's outputs (one
+  per head) is compared on its own; with several, `heads` holds each one's
+  figures and the top level the worst of them. Accuracies are the task's (a
+  multi-task model's: the mean over heads). With `total` (the number of images),
+  logs progress every few seconds.
+  """
+  totals, seen = _ParityTotals(task), 0
+  started = last_shown = time.monotonic()
   # Batches of _BATCH and a smaller last one: the check also exercises the dynamic batch size.
-  for images, batch_labels in batches:
-    outputs = exported.predict(images)
-    if (outputs["logits"].shape[0], outputs["embedding"].shape[0]) != (len(images),) * 2:
-      raise ParityError(f"the exported model returned logits {outputs['logits'].shape} and "
-                        f"embedding {outputs['embedding'].shape} for {len(images)} images")
-    reference.append(jax_logits(images))
-    logits.append(outputs["logits"])
-    labels.append(batch_labels)
-    embedding_dims.add(outputs["embedding"].shape[1:])
-    finite &= bool(np.isfinite(outputs["logits"]).all() and np.isfinite(outputs["embedding"]).all())
-  labels, reference, logits = map(np.concatenate, (labels, reference, logits))
-  if logits.shape != reference.shape or len(embedding_dims) != 1:
-    raise ParityError(f"the exported model returned logits of shape {logits.shape[1:]} and "
-                      f"embeddings of shapes {sorted(embedding_dims)}; the JAX model gives "
-                      f"logits {reference.shape[1:]}")
-  exported_top1, jax_top1 = logits.argmax(-1), reference.argmax(-1)
-  accuracy_exported = float(np.mean(exported_top1 == labels))
-  accuracy_jax = float(np.mean(jax_top1 == labels))
-  return {
-      "num_examples": int(len(labels)),
-      "top1_agreement": float(np.mean(exported_top1 == jax_top1)),
+  for batch in batches:
+    images = batch["image"]
+    produced = exported.predict(images)
+    shapes = {name: value.shape for name, value in produced.items()}
+    if any(shape[0] != len(images) for shape in shapes.values()):
+      raise ParityError(f"the exported model returned {shapes} for {len(images)} images")
+    totals.add(jax_logits(images), produced, batch)
+    seen += len(images)
+    now = time.monotonic()
+    if total and (now - last_shown >= _PROGRESS_SECONDS or seen == total):
+      agree = min(o.agree for o in totals.outputs.values())
+      log.info("parity check: %d/%d images, top-1 agreement %.2f%% (%.0f s)", seen, total,
+               100 * agree / max(totals.count, 1), now - started)
+      last_shown = now
+  if (len(totals.logit_shapes) != 1 or len(totals.embedding_dims) != 1
+      or any(got != want for got, want in totals.logit_shapes)):
+    raise ParityError(f"the exported model returned logits of shapes "
+                      f"{sorted(s for s, _ in totals.logit_shapes)} and embeddings of shapes "
+                      f"{sorted(totals.embedding_dims)}; the JAX model gives logits "
+                      f"{sorted(r for _, r in totals.logit_shapes)}")
+  heads = {name: output.stats() for name, output in totals.outputs.items()}
+  accuracy_exported = totals.correct_exported / totals.count
+  accuracy_jax = totals.correct_jax / totals.count
+  report = {
+      "num_examples": totals.count,
+      "top1_agreement": min(h["top1_agreement"] for h in heads.values()),
       "accuracy_exported": accuracy_exported,
       "accuracy_jax": accuracy_jax,
       "accuracy_drop": accuracy_jax - accuracy_exported,
-      "max_abs_logit_diff": float(np.max(np.abs(logits - reference))),
-      "mean_abs_logit_diff": float(np.mean(np.abs(logits - reference))),
-      "embedding_dim": int(embedding_dims.pop()[-1]),
-      "finite": finite,
+      "max_abs_logit_diff": max(h["max_abs_logit_diff"] for h in heads.values()),
+      "mean_abs_logit_diff": max(h["mean_abs_logit_diff"] for h in heads.values()),
+      "embedding_dim": int(totals.embedding_dims.pop()[-1]),
+      "finite": totals.finite,
   }
+  if len(heads) > 1:
+    report["heads"] = heads
+  return report
 
 
 def check_thresholds(report: dict) -> str | None:
@@ -165,21 +252,34 @@ def check_thresholds(report: dict) -> str | None:
 
 # ------------------------------------------------------------------------ export
 
-def _prepare_out(out: pathlib.Path) -> None:
-  """An empty OUT, or an earlier export directory (replaced); anything else is refused."""
+def check_request(fmt: str, int8: bool) -> None:
+  """Raises ConfigError for a format that does not exist or has no int8 route."""
+  if fmt not in FORMATS:
+    raise ConfigError(f"--format={fmt} is not a known format; choose one of {', '.join(FORMATS)}")
+  if int8 and fmt not in ("tflite", "onnx"):
+    raise ConfigError(f"--int8 is for --format=tflite or --format=onnx, not {fmt}")
+
+
+def _check_out(out: pathlib.Path) -> None:
+  """OUT may be new, empty, or an earlier export (replaced once the new one is made)."""
   if out.exists() and not out.is_dir():
     raise ConfigError(f"--out={out} is a file; give a directory for the export")
-  if out.is_dir() and any(out.iterdir()):
-    if not (out / EXPORT_JSON).exists():
-      raise ConfigError(f"--out={out} is a non-empty directory that is not an export "
-                        f"(no {EXPORT_JSON}); choose a new or empty directory")
-    for name in list(MODEL_FILES.values()) + [EXPORT_JSON, REPORT_JSON]:
-      path = out / name
-      if path.is_dir():
-        shutil.rmtree(path)
-      else:
-        path.unlink(missing_ok=True)
+  if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_JSON).exists():
+    raise ConfigError(f"--out={out} is a non-empty directory that is not an export "
+                      f"(no {EXPORT_JSON}); choose a new or empty directory")
+
+
+def _replace_out(out: pathlib.Path, model_file: pathlib.Path) -> pathlib.Path:
+  """Empties OUT of an earlier export's files, then moves the new model file in."""
+  _check_out(out)
+  for name in list(MODEL_FILES.values()) + [EXPORT_JSON, REPORT_JSON]:
+    path = out / name
+    if path.is_dir():
+      shutil.rmtree(path)
+    else:
+      path.unlink(missing_ok=True)
   out.mkdir(parents=True, exist_ok=True)
+  return pathlib.Path(shutil.move(str(model_file), str(out / model_file.name)))
 
 
 def content_hash(path: pathlib.Path) -> str:
@@ -192,40 +292,47 @@ def content_hash(path: pathlib.Path) -> str:
   return digest.hexdigest()[:12]
 
 
-def write_model(serving, fmt: str, out: pathlib.Path, *,
-                calibration: np.ndarray | None) -> tuple[pathlib.Path, str]:
+def write_model(serving, fmt: str, out: pathlib.Path, *, calibration: np.ndarray | None,
+                intermediates: converters.Intermediates | None = None,
+                range_overrides=None) -> tuple[pathlib.Path, str]:
   """Writes OUT/<model file> for `fmt` (int8 when `calibration` is given).
 
-  Returns its path and how it was quantized ("none", "full_integer",
-  "integer_with_float_fallback" or, for ONNX, "static_qdq").
+  TFLite and ONNX are converted from a SavedModel (and ONNX from the fp32
+  TFLite file): pass `intermediates` to make those once for several exports of
+  one model. `range_overrides` (ONNX int8 only) fixes tensors' ranges: a QAT
+  model's learned ones. Returns the model file's path and how it was quantized
+  ("none", "full_integer", "integer_with_float_fallback" or, for ONNX, "static_qdq").
   """
   target = out / MODEL_FILES[fmt]
+  check_request(fmt, calibration is not None)
   if fmt == "stablehlo":
-    if calibration is not None:
-      raise ConfigError("--int8 is for --format=tflite or --format=onnx (StableHLO stays fp32)")
     converters.write_stablehlo(serving, target)
     return target, "none"
   if fmt == "saved_model":
-    if calibration is not None:
-      raise ConfigError("--int8 is for --format=tflite or --format=onnx (a SavedModel stays fp32)")
-    converters.write_saved_model(serving, target)
+    if intermediates is None:
+      converters.write_saved_model(serving, target)
+    else:
+      shutil.copytree(intermediates.saved_model(), target)
     return target, "none"
   with tempfile.TemporaryDirectory() as tmp:
-    tmp = pathlib.Path(tmp)
-    converters.write_saved_model(serving, tmp / "saved_model")
+    made = intermediates or converters.Intermediates(serving, pathlib.Path(tmp))
     if fmt == "tflite":
-      return target, converters.write_tflite(tmp / "saved_model", target, calibration=calibration)
-    converters.write_tflite(tmp / "saved_model", tmp / "model.tflite")
+      if calibration is None:
+        shutil.copyfile(made.tflite(), target)
+        return target, "none"
+      return target, converters.write_tflite(made.saved_model(), target, calibration=calibration)
     if calibration is None:
-      converters.write_onnx(tmp / "model.tflite", target)
-    else:
-      converters.write_onnx(tmp / "model.tflite", tmp / "fp32.onnx")
-      converters.write_onnx_int8(tmp / "fp32.onnx", target, calibration)
-  return target, "none" if calibration is None else "static_qdq"
+      converters.write_onnx(made.tflite(), target, serving.output_names)
+      return target, "none"
+    converters.write_onnx(made.tflite(), pathlib.Path(tmp) / "fp32.onnx", serving.output_names)
+    converters.write_onnx_int8(pathlib.Path(tmp) / "fp32.onnx", target, calibration,
+                               range_overrides)
+  return target, "static_qdq"
 
 
-def export_info(card: ModelCard, fmt: str, model_file: pathlib.Path, *, int8: bool,
-                quantization: str, version: str | None, workdir: pathlib.Path) -> dict:
+def export_info(card: ModelCard, task, fmt: str, model_file: pathlib.Path, *, int8: bool,
+                quantization: str, version: str | None, workdir: pathlib.Path,
+                output_names: tuple[str, ...]) -> dict:
   return {
       "format": fmt, "model_file": model_file.name, "int8": int8, "quantization": quantization,
       "arch": card.arch,
@@ -233,57 +340,108 @@ def export_info(card: ModelCard, fmt: str, model_file: pathlib.Path, *, int8: bo
       "class_names": list(card.class_names),
       "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC",
                 "height": card.image_size, "width": card.image_size, "channels": card.channels},
-      "outputs": list(OUTPUT_NAMES),
-      "preprocessing": {"scale": "1/255", "mean": list(card.mean), "std": list(card.std)},
+      "outputs": list(output_names),
+      "task": task.to_json(),  # what the outputs mean, thresholds included (vision.tasks)
+      "preprocessing": {"scale": "1/255", "mean": list(card.mean), "std": list(card.std),
+                        "resize_size": card.resize_size, "interpolation": card.interpolation},
       "num_classes": card.num_classes,
       "source_workdir": str(workdir.absolute()),
   }
 
 
-def export_workdir(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike, *,
-                   int8: bool = False, version: str | None = None, data: str | None = None,
-                   max_examples: int | None = None,
-                   calibration_examples: int = CALIBRATION_EXAMPLES,
-                   latency_repeats: int = DEFAULT_REPEATS) -> dict:
-  """Exports, checks parity on the validation split, writes OUT; returns the report.
+@dataclasses.dataclass
+class ExportSource:
+  """What every export of one model directory starts from: made once, shared by its exports.
 
-  Raises ParityError (after writing OUT/export_report.json) when the check fails.
+  `records` is the parity sample (a fixed random subset of the validation
+  split); `intermediates` keeps the SavedModel and fp32 TFLite file that the
+  TFLite and ONNX exports are converted from.
   """
-  workdir, out = pathlib.Path(workdir), pathlib.Path(out)
-  if fmt not in FORMATS:
-    raise ConfigError(f"--format={fmt} is not a known format; choose one of {', '.join(FORMATS)}")
-  if int8 and fmt not in ("tflite", "onnx"):
-    raise ConfigError(f"--int8 is for --format=tflite or --format=onnx, not {fmt}")
-  model, card = load_model(workdir)
-  # Exported graphs keep XLA's own convolution: TFLite and ONNX have native conv kernels, and
-  # the CPU matmul lowering's reshapes do not survive tf2onnx with a free batch dimension.
-  layers.set_conv_impl(model, "lax")
-  dataset, data_config = _open_splits(workdir, data)
-  spec = card_spec(card)
-  records = pipeline.limit_examples(dataset.split(data_config.val_split), max_examples)
-  if not len(records):
-    raise ConfigError(f"the {data_config.val_split} split is empty: nothing to check the export on")
-  calibration = (calibration_images(dataset.split(data_config.train_split), spec,
-                                    calibration_examples) if int8 else None)
-  _prepare_out(out)
+  workdir: pathlib.Path
+  model: nnx.Module
+  card: ModelCard
+  spec: pipeline.ImageSpec
+  records: RecordSource
+  split: str
+  train_records: RecordSource
+  serving: ServingFunction
+  intermediates: converters.Intermediates
+  task: object  # vision.tasks: what the outputs mean (the model directory's, thresholds included)
 
-  log.info("exporting %s as %s%s to %s", workdir, fmt, " (int8)" if int8 else "", out)
-  model_file, quantization = write_model(serving_function(model, card), fmt, out,
-                                         calibration=calibration)
-  info = export_info(card, fmt, model_file, int8=int8, quantization=quantization,
-                     version=version, workdir=workdir)
+  @classmethod
+  def open(cls, workdir: str | os.PathLike, scratch: pathlib.Path, *, data: str | None = None,
+           max_examples: int | None = DEFAULT_MAX_EXAMPLES) -> "ExportSource":
+    """The model of `workdir` and its data; `scratch` (a directory) holds the intermediates."""
+    workdir = pathlib.Path(workdir)
+    if max_examples is not None and max_examples < 0:
+      raise ConfigError(f"--max_examples={max_examples}: give a number of validation images, "
+                        "or 0 for the whole split")
+    model, card = load_model(workdir)
+    task = tasks.load(workdir)
+    # Exported graphs keep XLA's own convolution: TFLite and ONNX have native conv kernels, and
+    # the CPU matmul lowering's reshapes do not survive tf2onnx with a free batch dimension.
+    layers.set_conv_impl(model, "lax")
+    dataset, data_config = _open_splits(workdir, data)
+    records = pipeline.limit_examples(dataset.split(data_config.val_split), max_examples or None)
+    if not len(records):
+      raise ConfigError(
+          f"the {data_config.val_split} split is empty: nothing to check the export on")
+    # The exported graph folds BatchNorm into its convolutions (see vision.export.fold); the
+    # parity check compares it with the unfolded model.
+    folded = nnx.clone(model)
+    fold_batch_norms(folded)
+    serving = serving_function(folded, card, task)
+    return cls(workdir, model, card, card_spec(card), records, data_config.val_split,
+               dataset.split(data_config.train_split), serving,
+               converters.Intermediates(serving, scratch), task)
+
+
+def _qat_ranges(model: nnx.Module):
+  """`range_overrides` for `write_model`: the QAT model's learned ranges, placed on the ONNX graph."""
+  return lambda onnx_model: quant.onnx_range_overrides(onnx_model, model)
+
+
+def export_from(source: ExportSource, fmt: str, out: str | os.PathLike, *, int8: bool = False,
+                version: str | None = None, calibration_examples: int = CALIBRATION_EXAMPLES,
+                latency_repeats: int = DEFAULT_REPEATS) -> dict:
+  """One export of `source` to OUT, checked; returns the report (see `export_workdir`)."""
+  out = pathlib.Path(out)
+  check_request(fmt, int8)
+  _check_out(out)
+  calibration = (calibration_images(source.train_records, source.spec, calibration_examples)
+                 if int8 else None)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  started = time.monotonic()
+  qat = int8 and fmt == "onnx" and quant.is_quantized(source.model)
+  # Converted next to OUT and moved in once made: a failed conversion leaves OUT as it was.
+  with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as staging:
+    with converter_step(fmt):
+      made, quantization = write_model(source.serving, fmt, pathlib.Path(staging),
+                                       calibration=calibration,
+                                       intermediates=source.intermediates,
+                                       range_overrides=_qat_ranges(source.model) if qat else None)
+    model_file = _replace_out(out, made)
+  info = export_info(source.card, source.task, fmt, model_file, int8=int8,
+                     quantization=quantization, version=version, workdir=source.workdir,
+                     output_names=source.serving.output_names)
   write_text_atomically(out / EXPORT_JSON, json.dumps(info, indent=2))
+  log.info("wrote %s in %.0f s; checking it against JAX on %d %s images", model_file,
+           time.monotonic() - started, len(source.records), source.split)
 
-  log.info("checking %s against JAX on %d %s images", fmt, len(records), data_config.val_split)
-  exported = load_exported(out)
-  jax_logits = jax_logits_function(model, card)
+  # A QAT model's own forward pass simulates int8: the reference of its int8 export.
+  jax_logits = jax_logits_function(
+      source.model if int8 else quant.float_model(source.model), source.card)
+  batches = _batches(source.records, source.spec, np.arange(len(source.records)))
+  with converter_step(fmt, stage="run", keep=(ParityError,)):
+    exported = load_exported(out)
+    parity = parity_report(jax_logits, exported, batches, source.task,
+                           total=len(source.records))
   report = {"format": fmt, "int8": int8, "runtime": RUNTIMES[fmt], "version": info["version"],
-            "split": data_config.val_split,
-            **parity_report(jax_logits, exported,
-                            _batches(records, spec, np.arange(len(records))))}
-  first_image = pipeline.read_batch(records, np.arange(1), spec)[0]
+            "split": source.split,
+            **({"int8_ranges": "qat" if qat else "calibration"} if int8 else {}), **parity}
+  first_image = pipeline.read_batch(source.records, np.arange(1), source.spec)[0]
   report["size_bytes"] = converters.tree_size(model_file)
-  weights = nnx.state(model, nnx.Not(nnx.RngState))
+  weights = nnx.state(source.model, nnx.Not(nnx.RngState))
   report["size_bytes_jax"] = int(sum(w.nbytes for w in jax.tree.leaves(weights)))
   report["latency_ms_per_image"] = median_latency_ms(exported.predict, first_image,
                                                      repeats=latency_repeats)
@@ -300,3 +458,25 @@ def export_workdir(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike,
   if problem:
     raise ParityError(problem)
   return report
+
+
+def export_workdir(workdir: str | os.PathLike, fmt: str, out: str | os.PathLike, *,
+                   int8: bool = False, version: str | None = None, data: str | None = None,
+                   max_examples: int | None = DEFAULT_MAX_EXAMPLES,
+                   calibration_examples: int = CALIBRATION_EXAMPLES,
+                   latency_repeats: int = DEFAULT_REPEATS) -> dict:
+  """Exports, checks parity on a validation sample, writes OUT; returns the report.
+
+  `max_examples` bounds the parity sample (a fixed random subset of the
+  validation split; None or 0: the whole split). Raises ExportError (OUT left
+  as it was) when a converter fails or the exported model does not run, and
+  ParityError (after writing OUT/export_report.json) when the check fails.
+  """
+  check_request(fmt, int8)
+  _check_out(pathlib.Path(out))
+  with tempfile.TemporaryDirectory() as scratch:
+    source = ExportSource.open(workdir, pathlib.Path(scratch), data=data,
+                               max_examples=max_examples)
+    return export_from(source, fmt, out, int8=int8, version=version,
+                       calibration_examples=calibration_examples,
+                       latency_repeats=latency_repeats)

@@ -1,27 +1,20 @@
-"""Per-image latency (batch 1, median) of JAX and of exported models.
+"""Per-image latency (batch 1, median) of any predict function: JAX or an exported model.
 
-    median_latency_ms(model.predict, image)                     # one runtime
-    rows = compare_latency("runs/fashion_mnist", "/tmp/bench")  # JAX vs TFLite vs ONNX Runtime
-    print(format_latency_table(rows))
+    median_latency_ms(model.predict, image)                          # one runtime
+    interleaved_latency_ms({"jax": f, "onnx": g}, image)             # several, timed in turns
 
-`compare_latency` exports the model directory as TFLite and ONNX, fp32 and
-int8 (each export checked for parity as usual), then times every runtime on
-the same image in this process, in turns (one call each, repeated), so that
-a change in machine load affects every runtime alike.
+The comparison table of every runtime is `vision.export.compare`.
 """
 
 from __future__ import annotations
 
-import os
-import pathlib
 import statistics
+import tempfile
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
-
-from vision.config import ConfigError
 
 DEFAULT_REPEATS = 100
 _WARMUP = 5
@@ -53,58 +46,3 @@ def interleaved_latency_ms(predicts: dict[str, Callable[[np.ndarray], Any]], ima
       jax.block_until_ready(predict(image))
       times[name].append(time.perf_counter() - start)
   return {name: 1000 * statistics.median(values) for name, values in times.items()}
-
-
-def compare_latency(workdir: str | os.PathLike, out: str | os.PathLike, *,
-                    repeats: int = DEFAULT_REPEATS, max_examples: int | None = 1000,
-                    formats: tuple[str, ...] = ("tflite", "onnx"),
-                    threads: int | None = 1) -> list[dict]:
-  """One row per runtime and precision: latency_ms_per_image, accuracy, size_bytes, agreement.
-
-  `threads=1` (the default) runs LiteRT and ONNX Runtime single-threaded: at batch 1 a
-  small model gains little from a thread pool, and on a shared machine the pools' spinning
-  threads slow whichever runtime is timed next.
-  """
-  # pylint: disable=import-outside-toplevel
-  from vision.checkpoint import load_model
-  from vision.export import export as export_lib
-  from vision.export.runtime import load_exported
-
-  out = pathlib.Path(out)
-  if unknown := set(formats) - {"tflite", "onnx"}:
-    raise ConfigError(f"--formats: {', '.join(sorted(unknown))} has no int8 export; "
-                      "choose from tflite, onnx")
-  rows, predicts = [], {}
-  for fmt in formats:
-    for int8 in (False, True):
-      directory = out / f"{fmt}{'_int8' if int8 else ''}"
-      report = export_lib.export_workdir(workdir, fmt, directory, int8=int8,
-                                         max_examples=max_examples, latency_repeats=1)
-      if not rows:
-        model, card = load_model(workdir)
-        predicts["jax"] = export_lib.jax_logits_function(model, card)
-        rows.append({"runtime": "JAX (XLA:CPU, jit)", "precision": "fp32", "key": "jax",
-                     "accuracy": report["accuracy_jax"], "size_bytes": report["size_bytes_jax"]})
-      predicts[directory.name] = load_exported(directory, threads=threads).predict
-      rows.append({"runtime": export_lib.RUNTIMES[fmt], "precision": "int8" if int8 else "fp32",
-                   "key": directory.name, "accuracy": report["accuracy_exported"],
-                   "size_bytes": report["size_bytes"], "top1_agreement": report["top1_agreement"],
-                   "max_abs_logit_diff": report["max_abs_logit_diff"]})
-  image = np.random.default_rng(0).integers(
-      0, 256, (1, card.image_size, card.image_size, card.channels), dtype=np.uint8)
-  latencies = interleaved_latency_ms(predicts, image, repeats=repeats)
-  for row in rows:
-    row["latency_ms_per_image"] = latencies[row.pop("key")]
-  return rows
-
-
-def format_latency_table(rows: list[dict]) -> str:
-  lines = ["| runtime | precision | ms/image (batch 1, median) | accuracy | agreement with JAX "
-           "| size |", "|---|---|---|---|---|---|"]
-  for row in rows:
-    agreement = row.get("top1_agreement")
-    lines.append(
-        f"| {row['runtime']} | {row['precision']} | {row['latency_ms_per_image']:.3f} "
-        f"| {row['accuracy']:.4f} | {'—' if agreement is None else f'{agreement:.4f}'} "
-        f"| {row['size_bytes'] / 1e6:.2f} MB |")
-  return "\n".join(lines)

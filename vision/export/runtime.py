@@ -2,12 +2,14 @@
 
     model = load_exported("exports/fmnist_onnx")
     outputs = model.predict(images)        # uint8 [B, H, W, C] → {"logits": ..., "embedding": ...}
-    model.info["class_names"], model.info["version"]
+    model.info["class_names"], model.info["version"], model.output_names
 
 Each format runs where it would be deployed: SavedModel in TensorFlow, TFLite
 in LiteRT (`ai-edge-litert`, the successor of `tf.lite.Interpreter`), ONNX in
 ONNX Runtime, StableHLO through `jax.export.deserialize`. The parity check,
-the latency benchmark and the server all go through this one loader.
+the latency benchmark and the server all go through this one loader. The
+outputs are those export.json lists (a multi-task model: `logits_HEAD` per
+head, then `embedding`).
 """
 
 from __future__ import annotations
@@ -44,23 +46,28 @@ class ExportedModel:
       raise ValueError(f"{info_path}: unknown format {self.format!r}; known: {', '.join(FORMATS)}")
     spec = self.info["input"]
     self.input_shape = (spec["height"], spec["width"], spec["channels"])
-    self._run = _LOADERS[self.format](self.directory / self.info["model_file"], threads)
+    self.output_names = tuple(self.info.get("outputs") or OUTPUT_NAMES)
+    self._run = _LOADERS[self.format](self.directory / self.info["model_file"], threads,
+                                      self.output_names)
 
   def predict(self, images: np.ndarray) -> Outputs:
-    """`{"logits": float32 [B, K], "embedding": float32 [B, D]}` for uint8 [B, H, W, C]."""
+    """`{"logits": float32 [B, K], "embedding": float32 [B, D]}` for uint8 [B, H, W, C]
+    (one `logits_HEAD` per head instead of `logits` for a multi-task model)."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.shape[1:] != self.input_shape:
       raise ValueError(f"expected uint8 images of shape [B, {', '.join(map(str, self.input_shape))}]"
                        f", got {images.dtype} {list(images.shape)}")
     outputs = self._run(np.ascontiguousarray(images))
-    return {name: np.asarray(outputs[name], np.float32) for name in OUTPUT_NAMES}
+    return {name: np.asarray(outputs[name], np.float32) for name in self.output_names}
 
 
 def load_exported(directory: str | os.PathLike, *, threads: int | None = None) -> ExportedModel:
   return ExportedModel(directory, threads=threads)
 
 
-def _saved_model(path: pathlib.Path, threads: int | None) -> Callable[[np.ndarray], Outputs]:
+def _saved_model(path: pathlib.Path, threads: int | None,
+                 output_names: tuple[str, ...]) -> Callable[[np.ndarray], Outputs]:
+  del output_names  # the signature returns every output by name
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
   if threads:
@@ -72,15 +79,15 @@ def _saved_model(path: pathlib.Path, threads: int | None) -> Callable[[np.ndarra
 class _TFLite:
   """LiteRT's interpreter, resized when the batch size changes (the batch dimension is dynamic)."""
 
-  def __init__(self, path: pathlib.Path, threads: int | None):
+  def __init__(self, path: pathlib.Path, threads: int | None, output_names: tuple[str, ...]):
     from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
 
     self._interpreter = Interpreter(model_path=str(path), num_threads=threads)
     runner = self._interpreter.get_signature_runner("serving_default")
     self._input = runner.get_input_details()[INPUT_NAME]["index"]
-    self._outputs = {name: runner.get_output_details()[name]["index"] for name in OUTPUT_NAMES}
+    self._outputs = {name: runner.get_output_details()[name]["index"] for name in output_names}
     self._output_quant = {name: runner.get_output_details()[name]["quantization"]
-                          for name in OUTPUT_NAMES}
+                          for name in output_names}
     self._batch = None
 
   def __call__(self, images: np.ndarray) -> Outputs:
@@ -100,7 +107,8 @@ class _TFLite:
     return outputs
 
 
-def _onnx(path: pathlib.Path, threads: int | None) -> Callable[[np.ndarray], Outputs]:
+def _onnx(path: pathlib.Path, threads: int | None,
+          output_names: tuple[str, ...]) -> Callable[[np.ndarray], Outputs]:
   import onnxruntime as ort  # pylint: disable=import-outside-toplevel
 
   options = ort.SessionOptions()
@@ -111,12 +119,13 @@ def _onnx(path: pathlib.Path, threads: int | None) -> Callable[[np.ndarray], Out
     # runtime (or request) needs.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
   session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-  return lambda images: dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES),
+  return lambda images: dict(zip(output_names, session.run(list(output_names),
                                                            {INPUT_NAME: images})))
 
 
-def _stablehlo(path: pathlib.Path, threads: int | None) -> Callable[[np.ndarray], Outputs]:
-  del threads  # XLA:CPU sizes its own thread pool
+def _stablehlo(path: pathlib.Path, threads: int | None,
+               output_names: tuple[str, ...]) -> Callable[[np.ndarray], Outputs]:
+  del threads, output_names  # XLA:CPU sizes its own thread pool; outputs come by name
   import jax  # pylint: disable=import-outside-toplevel
 
   exported = jax.export.deserialize(bytearray(path.read_bytes()))

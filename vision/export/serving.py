@@ -1,14 +1,19 @@
-"""The function every export format holds: uint8 images in, logits and embedding out.
+"""The function every export format holds: uint8 images in; logits, probabilities, embedding out.
 
-    serving = serving_function(model, card)
-    outputs = serving.apply(serving.weights, images_uint8)   # {"logits": [B, K], "embedding": [B, D]}
+    serving = serving_function(model, card, task)
+    outputs = serving.apply(serving.weights, images_uint8)   # {"logits": [B, K], "probabilities":
+                                                             #  [B, K], "embedding": [B, D]}
+    serving.output_names                                     # ("logits", "probabilities", "embedding")
 
 The preprocessing the model was trained with (scale to [0, 1], then the model
 card's mean and std) is part of the function, so a deployed model takes raw
 uint8 NHWC pixels at the model's size and channel count; the batch dimension is
 free. `embedding` is the model contract's `model.features(x)` (what drift
 monitoring compares) and `logits` is `model.head` applied to it, so one forward
-pass gives both.
+pass gives both. The task (vision.tasks) names the outputs: `logits` and
+`probabilities` (the task's: softmax at the temperature fitted on validation,
+or sigmoids) for classification and multi-label models; `logits_HEAD` and
+`probabilities_HEAD` per head for multi-task models.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import numpy as np
 from vision.checkpoint import ModelCard
 
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("logits", "embedding")
+EMBEDDING = "embedding"
+# What an export.json without "outputs" had (exports from before the task seam).
+OUTPUT_NAMES = ("logits", EMBEDDING)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +40,7 @@ class ServingFunction:
   apply: Callable[[list, jax.Array], dict[str, jax.Array]]
   weights: list[np.ndarray]
   input_shape: tuple[int, int, int]   # H, W, C (the batch dimension is free)
+  output_names: tuple[str, ...] = OUTPUT_NAMES  # the task's logits outputs, then "embedding"
 
   def bound(self) -> Callable[[jax.Array], dict[str, jax.Array]]:
     """`images -> outputs` with the weights closed over (constants of the graph)."""
@@ -44,8 +52,11 @@ def preprocess(images: jax.Array, mean: np.ndarray, std: np.ndarray) -> jax.Arra
   return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
-def serving_function(model: nnx.Module, card: ModelCard) -> ServingFunction:
-  """The model (in eval mode) and its card's preprocessing as one pure function."""
+def serving_function(model: nnx.Module, card: ModelCard, task) -> ServingFunction:
+  """The model (in eval mode) and its card's preprocessing as one pure function.
+
+  `task.outputs(logits)` splits the logits into the exported outputs (one per head).
+  """
   model.eval()
   # RNG streams (dropout's) are unused in eval mode; they stay out of the exported weights.
   graphdef, rng_state, weight_state = nnx.split(model, nnx.RngState, ...)
@@ -56,8 +67,9 @@ def serving_function(model: nnx.Module, card: ModelCard) -> ServingFunction:
   def apply(weights: list[Any], images: jax.Array) -> dict[str, jax.Array]:
     module = nnx.merge(graphdef, rng_state, jax.tree.unflatten(treedef, list(weights)))
     embedding = module.features(preprocess(images, mean, std))
-    logits = module.head(embedding)
-    return {"logits": logits.astype(jnp.float32), "embedding": embedding.astype(jnp.float32)}
+    logits = module.head(embedding).astype(jnp.float32)
+    return {**task.outputs(logits), EMBEDDING: embedding.astype(jnp.float32)}
 
   return ServingFunction(apply, [np.asarray(leaf) for leaf in leaves],
-                         (card.image_size, card.image_size, card.channels))
+                         (card.image_size, card.image_size, card.channels),
+                         (*task.output_names, EMBEDDING))

@@ -4,7 +4,8 @@
                          rngs=nnx.Rngs(0))
     logits = model(images)            # images: float [B, H, W, C]
 
-A model file registers its builders in `MODELS` (a plain dict, name → builder);
+A model file registers its builders in `MODELS` (a plain dict, name → builder),
+the variants of one family (one builder function) smallest first;
 `create_model` is the only way the rest of the framework makes a model.
 
 Every model has the same three entry points, which transfer learning,
@@ -26,7 +27,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from vision.config import ConfigError
+from vision.errors import ConfigError
 from vision.models import layers
 
 
@@ -44,6 +45,9 @@ class ModelOptions:
   stem: str = "auto"
   # How convolutions are lowered: 'auto', 'matmul' or 'lax' (see vision/models/layers.py).
   conv_impl: str = "auto"
+  # Learned log-variances the head carries (`head.log_variance`) for a multi-task objective
+  # with uncertainty weighting (vision/tasks/multi_task.py); 0: none.
+  uncertainty_weights: int = 0
 
   @property
   def compute_dtype(self):
@@ -66,7 +70,10 @@ def create_model(name: str, options: ModelOptions, *, rngs: nnx.Rngs) -> nnx.Mod
   if options.conv_impl not in layers.CONV_IMPLS:
     raise ConfigError(f"config key 'model.conv_impl' is {options.conv_impl!r}; expected one of "
                       f"{', '.join(layers.CONV_IMPLS)}")
-  return layers.set_conv_impl(MODELS[name](options, rngs), options.conv_impl)
+  model = layers.set_conv_impl(MODELS[name](options, rngs), options.conv_impl)
+  if options.uncertainty_weights:
+    model.head.log_variance = nnx.Param(jnp.zeros((options.uncertainty_weights,), jnp.float32))
+  return model
 
 
 # Importing the families fills MODELS.

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vision.config import ConfigError
+from vision.errors import ConfigError
 from vision.models import MODELS, ModelOptions
 from vision.models import torch_import
 from vision.models.layers import Conv

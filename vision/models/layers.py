@@ -74,11 +74,24 @@ def _patch_slices(x: jax.Array, kernel_size: Sequence[int], strides: Sequence[in
           for i in range(kh) for j in range(kw)]
 
 
+def crop(x: jax.Array, height: int, width: int) -> jax.Array:
+  """The top-left `height`×`width` of NHWC `x`: `x[:, :height, :width]` as one `lax.slice`.
+
+  Not NumPy indexing: under a symbolic batch dimension (`jax.export`, jax2tf)
+  `x[:, :h, :w]` lowers to `stablehlo.dynamic_gather`, which the TFLite
+  converter (and so the ONNX route) rejects; `lax.slice` lowers to a slice
+  there, and to the same HLO as the indexing with a concrete batch.
+  """
+  if tuple(x.shape[1:3]) == (height, width):
+    return x
+  return lax.slice(x, (0, 0, 0, 0), (x.shape[0], height, width, x.shape[3]))
+
+
 def _patchify(x: jax.Array, patch: Sequence[int], out_size: Sequence[int]) -> jax.Array:
   """Non-overlapping patches [B, Ho, Wo, ph*pw*C] by a reshape: no slices at all."""
   (ph, pw), (ho, wo) = patch, out_size
   batch, channels = x.shape[0], x.shape[3]
-  x = x[:, :ho * ph, :wo * pw]
+  x = crop(x, ho * ph, wo * pw)
   # One axis split per reshape: the rule explicitly sharded arrays (the data axis) allow.
   x = x.reshape(batch, ho, ph, wo * pw, channels).reshape(batch, ho, ph, wo, pw, channels)
   return x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, ho, wo, ph * pw * channels)
@@ -211,7 +224,7 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int] | N
     return nnx.max_pool(x, window, strides, padding)
   (ph, pw), (batch, height, width, channels) = window, x.shape
   ho, wo = height // ph, width // pw
-  x = x[:, :ho * ph, :wo * pw]
+  x = crop(x, ho * ph, wo * pw)
   # One axis split per reshape: the rule explicitly sharded arrays (the data axis) allow.
   x = x.reshape(batch, ho, ph, wo * pw, channels).reshape(batch, ho, ph, wo, pw, channels)
   return x.max(axis=(2, 4))

@@ -176,8 +176,9 @@ def _v3_builder(specs: Sequence[BlockV3], last_features: int):
   return build
 
 
-MODELS["mobilenet_v3_large"] = _v3_builder(_V3_LARGE, 1280)
+# Smallest first: the registry's order within a family (vision/models/__init__.py).
 MODELS["mobilenet_v3_small"] = _v3_builder(_V3_SMALL, 1024)
+MODELS["mobilenet_v3_large"] = _v3_builder(_V3_LARGE, 1280)
 
 
 # ------------------------------------------------------------------- weight import

@@ -22,10 +22,11 @@ import re
 
 from flax import nnx
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from vision.config import ConfigError
+from vision.errors import ConfigError
 from vision.models import MODELS, ModelOptions
 from vision.models.layers import Conv, gradient_barrier
 from vision.models import torch_import
@@ -75,7 +76,9 @@ class Attention(nnx.Module):
     batch, tokens, dim = x.shape
     head_dim = dim // self.num_heads
     qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    # lax, not qkv[:, :, i]: NumPy indexing under a symbolic batch (export) becomes a gather
+    # that TFLite cannot convert; with a concrete batch both are the same slice.
+    q, k, v = (lax.index_in_dim(qkv, i, axis=2, keepdims=False) for i in range(3))
     logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
@@ -186,7 +189,7 @@ class VisionTransformer(nnx.Module):
 
   def features(self, x: jax.Array) -> jax.Array:
     """The class token after the final LayerNorm, [B, D]."""
-    return self._tokens(x)[0][:, 0]
+    return lax.index_in_dim(self._tokens(x)[0], 0, axis=1, keepdims=False)  # see Attention
 
   def attention_maps(self, x: jax.Array) -> jax.Array:
     """Every block's attention weights (softmax over keys), [depth, B, heads, 1+N, 1+N], fp32.

@@ -41,8 +41,7 @@ from vision.serve.batcher import MicroBatcher
 from vision.serve.images import Limits, RequestError
 from vision.serve.log import Prediction, PredictionLog
 from vision.serve.router import Router
-from vision.serve.runtime import ExportError, ServedModel, compact_embedding, load_served, \
-    softmax
+from vision.serve.runtime import ExportError, ServedModel, compact_embedding, load_served
 
 _PAGE = pathlib.Path(__file__).with_name("static") / "index.html"
 _RECENT = 100_000  # predictions kept in memory for feedback without a database read
@@ -99,7 +98,8 @@ class VersionState:
         "batching": self.batcher.stats.as_dict(),
         "input": {"height": self.model.spec.height, "width": self.model.spec.width,
                   "channels": self.model.spec.channels},
-        "class_names": list(self.model.spec.class_names)}
+        "class_names": list(self.model.spec.class_names),
+        "task": self.model.spec.task.to_json()}
 
 
 class Metrics:
@@ -333,7 +333,8 @@ def create_app(options: ServeOptions) -> fastapi.FastAPI:
   async def request_error(_, error: RequestError):
     return responses.JSONResponse({"detail": error.message}, status_code=error.status)
 
-  async def predict(request: fastapi.Request, version: str | None, top_k: int | None) -> dict:
+  async def predict(request: fastapi.Request, version: str | None, top_k: int | None,
+                    raw_probabilities: bool = False) -> dict:
     start = time.perf_counter()
     if version is not None and version not in states:
       raise RequestError(404, f"no model version {version!r}; serving {versions}")
@@ -346,28 +347,30 @@ def create_app(options: ServeOptions) -> fastapi.FastAPI:
                          f"{options.limits.max_images} (--max_images)")
     state = states[version or router.pick()]
     spec = state.model.spec
-    decoded = await run_in_threadpool(lambda: [image_io.decode_image(
+    decoded = await run_in_threadpool(lambda: [image_io.decode_upload(
         data, options.limits, height=spec.height, width=spec.width, channels=spec.channels,
+        resize_size=spec.resize_size, interpolation=spec.interpolation,
         where=name) for name, data in encoded])
     outputs = await asyncio.gather(
         *(asyncio.wrap_future(state.batcher.submit(image)) for image in decoded))
     now = time.time()
     predictions = []
+    # The task's probabilities carry the temperature fitted on validation (export.json).
+    task = spec.task.uncalibrated() if raw_probabilities else spec.task
     for logits, embedding in outputs:
-      probs = softmax(logits[None])[0]
-      order = np.argsort(-probs, kind="stable")[:min(k, len(probs))]
+      probs = task.probabilities(logits[None])[0]
+      # The log and feedback follow one answer: the model's (a multi-task model's first head).
+      primary = probs[spec.task.primary[0]]
+      top1 = int(np.argmax(primary))
       prediction_id = uuid.uuid4().hex
-      top1 = int(order[0])
       prediction_log.record(Prediction(
-          prediction_id, now, state.version, top1, spec.class_names[top1], float(probs[top1]),
+          prediction_id, now, state.version, top1, spec.class_names[top1], float(primary[top1]),
           compact_embedding(embedding[None])[0]))
       with recent_lock:
         recent[prediction_id] = (state.version, top1)
         if len(recent) > _RECENT:
           recent.popitem(last=False)
-      predictions.append({"id": prediction_id, "top": [
-          {"label": spec.class_names[i], "index": int(i), "prob": float(probs[i])}
-          for i in order]})
+      predictions.append({"id": prediction_id, **task.predictions(probs, k)})
     seconds = time.perf_counter() - start
     state.requests += 1
     state.predictions += len(predictions)
@@ -380,12 +383,16 @@ def create_app(options: ServeOptions) -> fastapi.FastAPI:
             dependencies=[fastapi.Depends(check_key)],
             summary="Top-k classes of one or more images")
   async def predict_endpoint(request: fastapi.Request, version: str | None = None,
-                             top_k: int | None = None) -> dict:
+                             top_k: int | None = None, raw_probabilities: bool = False) -> dict:
     """Returns {"version": V, "predictions": [{"id", "top": [{"label", "index", "prob"}]}]}.
 
-    `version` pins a model version (bypassing the A/B split); `top_k` defaults to 5.
+    A multi-task model answers per head: {"id", "tasks": {HEAD: {"top": [...]}}}; a
+    multi-label one adds "labels" (the classes over their thresholds). `version` pins a
+    model version (bypassing the A/B split); `top_k` defaults to 5. Probabilities are
+    temperature-scaled (the temperature fitted on validation, from export.json);
+    `raw_probabilities=true` answers without the scaling.
     """
-    return await predict(request, version, top_k)
+    return await predict(request, version, top_k, raw_probabilities)
 
   @app.post("/invocations", tags=["sagemaker"], openapi_extra=_PREDICT_BODY,
             dependencies=[fastapi.Depends(check_key)], summary="SageMaker inference")

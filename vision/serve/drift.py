@@ -27,7 +27,7 @@ from scipy import stats
 from vision.data.sources import SplitOptions, open_dataset, vectorised_reader
 from vision.files import write_atomically
 from vision.serve.images import to_model_input
-from vision.serve.runtime import ServedModel, compact_embedding, softmax
+from vision.serve.runtime import ServedModel, compact_embedding
 
 _BATCH = 256
 
@@ -45,7 +45,7 @@ def model_outputs(model: ServedModel, images: np.ndarray) -> Outputs:
   confidences, embeddings, top1 = [], [], []
   for start in range(0, len(images), _BATCH):
     logits, embedding = model.predict(images[start:start + _BATCH])
-    probs = softmax(logits)
+    probs = model.primary_probabilities(logits)
     confidences.append(probs.max(-1))
     top1.append(probs.argmax(-1))
     embeddings.append(compact_embedding(embedding).astype(np.float32))
@@ -64,7 +64,8 @@ def reference_images(model: ServedModel, source: str, split: str, *, limit: int 
   raw = read(indices)[0] if read else [records[int(i)]["image"] for i in indices]
   spec = model.spec
   return np.stack([to_model_input(_rgb(image), height=spec.height, width=spec.width,
-                                  channels=spec.channels) for image in raw])
+                                  channels=spec.channels, resize_size=spec.resize_size,
+                                  interpolation=spec.interpolation) for image in raw])
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:

@@ -1,9 +1,12 @@
 """Uploaded image bytes -> the model's uint8 HWC input, with limits checked before decoding.
 
     limits = Limits(max_pixels=40_000_000)
-    image = decode_image(data, limits, height=28, width=28, channels=1)
+    image = decode_upload(data, limits, height=28, width=28, channels=1)
 
-Every rejection is a `RequestError` carrying the HTTP status and a one-line message.
+Decoding is vision/data/decode.py's, as for training, predict and prepare, so an
+upload is seen exactly as the same file on disk (EXIF orientation, alpha on
+white, 16-bit...). `--max_pixels` governs: Pillow's own cap follows it. Every
+rejection is a `RequestError` carrying the HTTP status and a one-line message.
 """
 
 from __future__ import annotations
@@ -11,15 +14,15 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import io
-import warnings
 
 import numpy as np
 from PIL import Image
 
+from vision.data.decode import FORMATS, DecodeError, decode_image
 from vision.data.pipeline import ImageSpec, prepare_image
 
-ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+# HTTP status per decoder failure kind; the others are 400.
+_STATUS = {"over-pixel-limit": 413, "unsupported-format": 415}
 
 
 class RequestError(Exception):
@@ -50,42 +53,39 @@ def decode_base64(text: object, where: str) -> bytes:
     raise RequestError(400, f"{where}: not valid base64") from None
 
 
-def decode_image(data: bytes, limits: Limits, *, height: int, width: int, channels: int,
-                 where: str = "image") -> np.ndarray:
+def decode_upload(data: bytes, limits: Limits, *, height: int, width: int, channels: int,
+                  resize_size: int | None = None, interpolation: str = "bilinear",
+                  where: str = "image") -> np.ndarray:
   """Encoded bytes -> uint8 [height, width, channels], or a RequestError."""
-  if not data:
-    raise RequestError(400, f"{where}: empty file")
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("error", Image.DecompressionBombWarning)
-      image = Image.open(io.BytesIO(data))
-      image_format = image.format
-      pixels = image.width * image.height
-      if image_format not in ALLOWED_FORMATS:
-        raise RequestError(415, f"{where}: unsupported image format {image_format}; "
-                           f"send one of {', '.join(ALLOWED_FORMATS)}")
-      if pixels > limits.max_pixels:
-        raise RequestError(413, f"{where}: {image.width}x{image.height} = {pixels} pixels is over "
-                           f"the limit of {limits.max_pixels} (--max_pixels)")
-      rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-  except RequestError:
-    raise
-  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-    raise RequestError(413, f"{where}: {error}") from None
-  except (OSError, ValueError, SyntaxError) as error:
-    raise RequestError(400, f"{where}: cannot decode the image ({error}); "
-                       f"send one of {', '.join(ALLOWED_FORMATS)}") from None
-  return to_model_input(rgb, height=height, width=width, channels=channels)
+    rgb = decode_image(data, where=where, max_pixels=limits.max_pixels)
+  except DecodeError as error:
+    raise RequestError(_STATUS.get(error.kind, 400), _message(error)) from None
+  return to_model_input(rgb, height=height, width=width, channels=channels,
+                        resize_size=resize_size, interpolation=interpolation)
 
 
-def to_model_input(rgb: np.ndarray, *, height: int, width: int, channels: int) -> np.ndarray:
+def _message(error: DecodeError) -> str:
+  if error.kind == "over-pixel-limit":
+    return f"{error} (--max_pixels)"
+  if error.kind == "zero-byte":
+    return f"{error.where}: empty file"
+  if error.kind == "unsupported-format":
+    return str(error)
+  return (f"{error.where}: cannot decode the image ({error.reason}); send one of "
+          f"{', '.join(FORMATS)}")
+
+
+def to_model_input(rgb: np.ndarray, *, height: int, width: int, channels: int,
+                   resize_size: int | None = None, interpolation: str = "bilinear") -> np.ndarray:
   """A decoded RGB uint8 image -> the model's channels and size.
 
-  Square models get the training pipeline's own resize (shorter side, centre crop);
-  others a plain resize to height x width.
+  Square models get the training pipeline's own resize (shorter side to
+  `resize_size`, default the input size, then the centre crop), as evaluate and
+  predict do; others a plain resize to height x width.
   """
   if height == width:
-    return prepare_image(rgb, ImageSpec(height, channels, (), ()))
+    return prepare_image(rgb, ImageSpec(height, channels, (), (), resize_size, interpolation))
   image = Image.fromarray(rgb).resize((width, height), Image.BILINEAR)
   if channels == 1:
     return np.asarray(image.convert("L"), dtype=np.uint8)[..., None]

@@ -2,11 +2,16 @@
 
     model = load_served("exports/fmnist_onnx")
     logits, embedding = model.predict(images)   # uint8 [B, H, W, C] -> float32 [B, K], [B, D]
+    probs = model.spec.task.probabilities(logits)
+    model.spec.task.predictions(probs[0], k=5)  # {"top": [...]}, or per head {"tasks": {...}}
     model.spec.version, model.spec.class_names
 
 Models run through `vision.export.load_exported` (the same loader the export
 parity check uses); the server accepts the formats meant for serving, ONNX
-(ONNX Runtime) and TFLite (LiteRT).
+(ONNX Runtime) and TFLite (LiteRT). What the outputs mean is the task's
+(vision.tasks, from export.json): `logits` are every head's side by side, and
+`class_names` those of the answer the prediction log and feedback follow (a
+multi-task model's first head).
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ import functools
 import json
 import pathlib
 
+from typing import Any
+
 import numpy as np
 
+from vision import tasks
 from vision.export import ExportedModel, load_exported
 
 SERVABLE_FORMATS = ("onnx", "tflite")
@@ -39,6 +47,10 @@ class ExportSpec:
   width: int
   channels: int
   int8: bool = False
+  # Evaluation resizing (model card): shorter side to resize_size, then the centre crop.
+  resize_size: int | None = None
+  interpolation: str = "bilinear"
+  task: Any = None  # vision.tasks: what the outputs mean
 
 
 def read_spec(directory: str | pathlib.Path) -> ExportSpec:
@@ -51,11 +63,15 @@ def read_spec(directory: str | pathlib.Path) -> ExportSpec:
   try:
     meta = json.loads(path.read_text())
     shape = meta["input"]
+    task = tasks.from_json(meta.get("task"), tuple(str(n) for n in meta["class_names"]))
     spec = ExportSpec(
         directory=directory, format=str(meta["format"]),
         version=str(meta.get("version") or directory.name), arch=str(meta.get("arch", "")),
-        class_names=tuple(str(n) for n in meta["class_names"]), height=int(shape["height"]),
-        width=int(shape["width"]), channels=int(shape["channels"]), int8=bool(meta.get("int8")))
+        class_names=tuple(task.primary[1]), height=int(shape["height"]),
+        width=int(shape["width"]), channels=int(shape["channels"]), int8=bool(meta.get("int8")),
+        resize_size=_optional_int(meta.get("preprocessing", {}).get("resize_size")),
+        interpolation=str(meta.get("preprocessing", {}).get("interpolation", "bilinear")),
+        task=task)
     model_file = directory / str(meta["model_file"])
   except (ValueError, KeyError, TypeError) as error:
     raise ExportError(f"{path} is not a valid export.json ({type(error).__name__}: {error})")
@@ -67,6 +83,10 @@ def read_spec(directory: str | pathlib.Path) -> ExportSpec:
   return spec
 
 
+def _optional_int(value) -> int | None:
+  return None if value is None else int(value)
+
+
 @dataclasses.dataclass
 class ServedModel:
   """An export directory ready to run."""
@@ -74,20 +94,18 @@ class ServedModel:
   exported: ExportedModel
 
   def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 [B, H, W, C] images -> float32 logits [B, K] and embeddings [B, D]."""
+    """uint8 [B, H, W, C] images -> float32 logits [B, K] (every head's) and embeddings [B, D]."""
     outputs = self.exported.predict(np.ascontiguousarray(images, dtype=np.uint8))
-    return outputs["logits"], outputs["embedding"]
+    return self.spec.task.join(outputs), outputs["embedding"]
+
+  def primary_probabilities(self, logits: np.ndarray) -> np.ndarray:
+    """[B, C] probabilities of the answer that is logged (`spec.class_names`)."""
+    return self.spec.task.probabilities(logits)[..., self.spec.task.primary[0]]
 
 
 def load_served(directory: str | pathlib.Path, threads: int | None = None) -> ServedModel:
   spec = read_spec(directory)
   return ServedModel(spec, load_exported(directory, threads=threads or None))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-  shifted = logits - logits.max(axis=-1, keepdims=True)
-  exp = np.exp(shifted)
-  return exp / exp.sum(axis=-1, keepdims=True)
 
 
 # Embeddings are stored compactly: float16, and at most this many dimensions (a fixed,

@@ -30,7 +30,7 @@ import scipy.stats
 import sklearn.model_selection
 
 from vision import config as config_lib
-from vision import parallel
+from vision import parallel, tasks
 from vision.checkpoint import load_model
 from vision.config import ConfigError
 from vision.data import open_from_config
@@ -87,6 +87,11 @@ def confidence_interval(values: list[float], level: float = 0.95) -> float:
 
 def fold_indices(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
   _, counts = np.unique(labels, return_counts=True)
+  if counts.max() < folds:  # scikit-learn's StratifiedKFold raises a ValueError here
+    largest = int(counts.max())
+    raise ConfigError(f"--folds={folds} is more than the largest class's {largest} examples; "
+                      + (f"use --folds={largest} or fewer" if largest >= 2 else
+                         "cross-validation needs a class with at least 2"))
   if counts.min() < folds:
     log.warning("a class has %d examples, fewer than %d folds: folds are not fully stratified",
                 counts.min(), folds)
@@ -102,8 +107,10 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str | os.PathLike
   config = config_lib.validate(config)
   workdir = pathlib.Path(workdir)
   dataset, spec = open_from_config(config.data)
-  if dataset.multi_label:
-    raise ConfigError("cross-validation ranks single-label issues; this dataset is multi-label")
+  task = tasks.from_config(config, dataset)
+  if task.name != "classification":
+    raise ConfigError(f"cross-validation ranks single-label issues; this run's task is {task.name} "
+                      "(multi-label data, or task.name): use a single-label classification")
   parts = [config.data.train_split, config.data.val_split]
   pool = ConcatSource([dataset.split(s) for s in parts])
   paths = sum((record_paths(dataset.split(s), s) for s in parts), [])
@@ -123,7 +130,7 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     model, card = load_model(fold_dir)
     mesh = parallel.make_mesh()
     held_labels, probs = predict_split(
-        evaluate_lib.compiled_predict(model, mesh), SubsetSource(pool, held_idx),
+        evaluate_lib.compiled_predict(model, mesh, task.probabilities), SubsetSource(pool, held_idx),
         evaluate_lib.card_spec(card), mesh=mesh,
         batch_size=evaluate_lib.eval_batch_size(config.train.eval_batch_size))
     oof[held_idx] = probs[:, :num_classes]

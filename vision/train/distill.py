@@ -81,12 +81,12 @@ def distillation_loss(temperature: float, hard_label_weight: float = 0.0,
   """
   label_loss = label_loss or losses.classification_loss()
 
-  def loss(logits: jax.Array, batch: Batch):
+  def loss(logits: jax.Array, batch: Batch, model=None):
     teacher_probs = batch[TEACHER_PROBS]
     kl = kl_divergence(logits, teacher_probs, temperature)
     value, metrics = (1.0 - hard_label_weight) * kl, {}
     if hard_label_weight:
-      label_value = label_loss(logits, batch)
+      label_value = label_loss(logits, batch, model)
       label_value, metrics = label_value if isinstance(label_value, tuple) else (label_value, {})
       value = value + hard_label_weight * label_value
     teacher_labels = teacher_probs.argmax(-1)
@@ -101,6 +101,10 @@ def distillation_loss(temperature: float, hard_label_weight: float = 0.0,
 
 
 def _check_teacher(card: ModelCard, student: ModelCard, workdir: str) -> None:
+  for who, task in ((workdir, card.task), ("the student", student.task)):
+    if (task or {}).get("name", "classification") != "classification":
+      raise ConfigError(f"config key 'distill.teachers': distillation matches softmax outputs, "
+                        f"but {who} is a {task['name']} model (task.name='classification' only)")
   if card.class_names != student.class_names:
     raise ConfigError(
         f"config key 'distill.teachers': {workdir} predicts {list(card.class_names)}, "

@@ -1,7 +1,7 @@
 """Class imbalance: class weights from counts, focal loss, the objective a config asks for.
 
     weights = class_weights(counts)                   # N / (C * count_c), "balanced"
-    loss_fn = make_loss(config.train, counts)         # CE / weighted CE / focal (/ BCE, multi-label)
+    loss_fn = make_loss(config.train, counts)         # CE / weighted CE / focal
     metric = best_metric(config.train, counts)        # 'val/macro_f1' when the data are imbalanced
 
 Config keys (vision/config.py): `train.loss` ('cross_entropy', 'focal'),
@@ -80,19 +80,24 @@ def make_loss(train_config, counts: np.ndarray | None) -> losses.LossFn:
       train_config.loss == "focal")
   per_class = None
   if train_config.class_weights == "balanced":
-    per_class = jnp.asarray(class_weights(counts))
-    log.info("class weights: %s", np.round(np.asarray(per_class), 3).tolist())
+    # A host constant: indexing a device array with batch-sharded labels fails under the mesh.
+    per_class = class_weights(counts)
+    log.info("class weights: %s", np.round(per_class, 3).tolist())
   if not focal and per_class is None:
     plain = losses.classification_loss(smoothing)
 
-  def loss(logits: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+  def loss(logits: jax.Array, batch: dict[str, jax.Array], model=None) -> jax.Array:
+    del model
     if not focal and per_class is None and "targets" not in batch:
       return plain(logits, batch)
     soft = batch.get("targets")
     targets = _targets(logits, batch["label"], soft, smoothing)
     weights = None
     if per_class is not None:
-      weights = per_class[batch["label"]] if soft is None else soft @ per_class
+      # A one-hot (or soft) target times the weight vector: an elementwise product that keeps
+      # the batch sharding, where a gather by label would not.
+      hard = jax.nn.one_hot(batch["label"], logits.shape[-1], dtype=jnp.float32)
+      weights = (hard if soft is None else soft) @ per_class
     if focal:
       return focal_loss(logits, targets=targets, gamma=gamma, weights=weights)
     per_example = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)

@@ -4,9 +4,11 @@
     loss_fn = classification_loss(label_smoothing=0.1)         # LossFn for the train step
     value = loss_fn(logits, {"image": images, "label": labels})
 
-A `LossFn` maps (logits, batch) to the scalar the train step minimises; the
-batch is the sharded dict the step received (after any batch transform), so
-a loss may read extra keys such as soft targets or a teacher's logits.
+A `LossFn` maps (logits, batch, model) to the scalar the train step minimises;
+the batch is the sharded dict the step received (after any batch transform), so
+a loss may read extra keys such as soft targets or a teacher's logits, and the
+model is there for losses with parameters of their own (multi-task uncertainty
+weights); most ignore it, and it defaults to None.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-LossFn = Callable[[jax.Array, dict[str, jax.Array]], jax.Array]
+LossFn = Callable[..., jax.Array]  # (logits, batch, model=None) -> scalar or (scalar, metrics)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,
@@ -34,6 +36,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: floa
 
 def classification_loss(label_smoothing: float = 0.0) -> LossFn:
   """Cross-entropy against `batch['label']`, the default objective."""
-  def loss(logits: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+  def loss(logits: jax.Array, batch: dict[str, jax.Array], model=None) -> jax.Array:
+    del model
     return cross_entropy(logits, batch["label"], label_smoothing=label_smoothing)
   return loss

@@ -1,14 +1,17 @@
 """The pure train and eval steps, compiled by `jax.jit` with explicit shardings.
 
-    steps = Steps.create(model, optimizer, mesh, loss=losses.classification_loss(0.1))
+    steps = Steps.create(model, optimizer, mesh, task=task, loss=task.loss(config.train, records))
     state = steps.state                                 # replicated pytree
     state, metrics = steps.train(state, batch, rng)     # batch sharded over 'data'
-    probs = steps.predict(state, batch)
+    probs = steps.predict(state, batch)                 # task.probabilities of the logits
 
-The objective is pluggable: `loss(logits, batch)` returns the scalar to
-minimise (or `(scalar, {name: metric})`, which logs the metrics too), and an
-optional `batch_transform(batch, rng)` rewrites the sharded batch on device
-before the forward pass (mixup, a teacher's predictions, ...).
+The step is the same for every task (vision.tasks): the objective is pluggable,
+`loss(logits, batch, model)` returns the scalar to minimise (or `(scalar,
+{name: metric})`, which logs the metrics too; `model` is there for losses with
+parameters of their own, such as learned multi-task weights), the task adds its
+`train_metrics` and turns logits into `probabilities`, and an optional
+`batch_transform(batch, rng)` rewrites the sharded batch on device before the
+forward pass (mixup, a teacher's predictions, ...).
 
 `TrainState` is a plain pytree of nnx states (model and optimizer); the
 graph definitions stay static inside the compiled functions. The training
@@ -20,28 +23,22 @@ gradients are not finite leaves the state unchanged and reports
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import optax
 
-from vision import parallel
-from vision.models import probabilities
+from vision import parallel, tasks
+from vision.checkpoint import TrainState
 from vision.train import losses
-
-
-class TrainState(NamedTuple):
-  model: nnx.State
-  optimizer: nnx.State
-
 
 Batch = dict[str, jax.Array]
 BatchTransform = Callable[[Batch, jax.Array], Batch]
 
 
-def _train_step(model_def, optimizer_def, loss: losses.LossFn,
+def _train_step(model_def, optimizer_def, task, loss: losses.LossFn,
                 batch_transform: Optional[BatchTransform], state: TrainState, batch: Batch,
                 rng: jax.Array) -> tuple[TrainState, dict]:
   model = nnx.merge(model_def, state.model)
@@ -54,7 +51,7 @@ def _train_step(model_def, optimizer_def, loss: losses.LossFn,
 
   def loss_fn(model):
     logits = model(batch["image"])
-    value = loss(logits, batch)
+    value = loss(logits, batch, model)
     # A loss may also return metrics of its own: (value, {"train/kl": ...}).
     value, extra = value if isinstance(value, tuple) else (value, {})
     return value, (logits, extra)
@@ -67,7 +64,7 @@ def _train_step(model_def, optimizer_def, loss: losses.LossFn,
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
   metrics = {
       "train/loss": loss_value,
-      "train/accuracy": (logits.argmax(-1) == batch["label"]).mean(),
+      **task.train_metrics(logits, batch),
       "train/grad_norm": grad_norm,
       "nonfinite": 1 - finite.astype(jnp.int32),
       **extra,
@@ -75,12 +72,8 @@ def _train_step(model_def, optimizer_def, loss: losses.LossFn,
   return new_state, metrics
 
 
-def _predict(model_def, state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
-  return probabilities(nnx.merge(model_def, state.model), batch["image"])
-
-
-def _logits(model_def, state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
-  return nnx.merge(model_def, state.model)(batch["image"]).astype(jnp.float32)
+def _predict(model_def, task, state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
+  return task.probabilities(nnx.merge(model_def, state.model)(batch["image"]))
 
 
 @dataclasses.dataclass
@@ -89,16 +82,17 @@ class Steps:
   state: TrainState
   train: Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]
   predict: Callable[[TrainState, dict], jax.Array]
-  # Raw float32 logits in eval mode (multi-label training takes sigmoids of these).
-  logits: Optional[Callable[[TrainState, dict], jax.Array]] = None
 
   @classmethod
   def create(cls, model: nnx.Module, optimizer: nnx.Optimizer, mesh: jax.sharding.Mesh, *,
-             loss: losses.LossFn = losses.classification_loss(),
+             task: Any = None, loss: losses.LossFn = losses.classification_loss(),
              batch_transform: Optional[BatchTransform] = None,
              configure_train: Optional[Callable[[nnx.Module], None]] = None) -> "Steps":
-    """`configure_train(model)` adjusts the training graph after `model.train()`
-    (transfer learning runs frozen BatchNorm layers on their running statistics)."""
+    """`task` (vision.tasks; default: plain classification over the head's outputs) gives the
+    train metrics and the probabilities; `configure_train(model)` adjusts the training graph
+    after `model.train()` (transfer learning runs frozen BatchNorm layers on their running
+    statistics)."""
+    task = task or tasks.plain_classification(model.head.out_features)
     model.train()
     if configure_train is not None:
       configure_train(model)
@@ -111,12 +105,10 @@ class Steps:
     state = parallel.replicate(TrainState(model_state, optimizer_state), mesh)
     train = jax.jit(
         lambda state, batch, rng: _train_step(
-            train_def, optimizer_def, loss, batch_transform, state, batch, rng),
+            train_def, optimizer_def, task, loss, batch_transform, state, batch, rng),
         in_shardings=(replicated, sharded, replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0)
-    predict = jax.jit(lambda state, batch: _predict(eval_def, state, batch),
+    predict = jax.jit(lambda state, batch: _predict(eval_def, task, state, batch),
                       in_shardings=(replicated, sharded), out_shardings=sharded)
-    logits = jax.jit(lambda state, batch: _logits(eval_def, state, batch),
-                     in_shardings=(replicated, sharded), out_shardings=sharded)
-    return cls(state, train, predict, logits)
+    return cls(state, train, predict)

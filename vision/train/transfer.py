@@ -38,10 +38,14 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
+from vision.checkpoint import MODEL_CARD, load_model, without_rng
 from vision.config import ConfigError
+from vision.models import vit
 from vision.train import optim
+from vision.train.step import Steps
 
 log = logging.getLogger("vision")
 
@@ -51,24 +55,60 @@ HEAD = "head"
 
 # ------------------------------------------------------------------ init_from
 
-def _flat(tree: dict) -> dict[str, Any]:
+def flatten(tree: dict) -> dict[str, Any]:
+  """A nested dict of arrays → {dotted name: array} ("stages.0.conv.kernel")."""
   return {".".join(map(str, key)): value
           for key, value in traverse_util.flatten_dict(tree).items()}
 
 
-def _is_head(name: str) -> bool:
+def is_head(name: str) -> bool:
+  """Whether the dotted parameter name belongs to the model's head (the classifier)."""
   return name == HEAD or name.startswith(HEAD + ".")
 
 
+def _resampled(model: nnx.Module, name: str, value: Any, shape: tuple) -> Any | None:
+  """`value` resampled to `shape` where the tensor depends on the input size, else None.
+
+  A ViT's position embedding follows the patch grid: fine-tuning at another image
+  size resamples it bicubically, as timm's `resample_abs_pos_embed` does on load.
+  """
+  if isinstance(model, vit.VisionTransformer) and name == "pos_embed":
+    resized = vit.resize_pos_embed(value, model.grid)
+    return resized if tuple(resized.shape) == tuple(shape) else None
+  return None
+
+
+# Model options that change no parameter's shape.
+_SHAPELESS_OPTIONS = ("dtype", "dropout", "drop_path", "conv_impl")
+
+
+def _mismatch_causes(card, options) -> list[str]:
+  """The settings in which this config's model differs from the one in `directory`."""
+  causes = []
+  if options is None:
+    return causes
+  if card.channels != options.in_channels:
+    causes.append(f"data.channels ({options.in_channels} here, {card.channels} there)")
+  for key, there in sorted(card.model_options.items()):
+    here = getattr(options, key, there)
+    if key not in _SHAPELESS_OPTIONS and tuple(np.ravel(here)) != tuple(np.ravel(there)):
+      causes.append(f"model.{key} ({here} here, {there} there)")
+  if card.image_size != options.image_size:
+    causes.append(f"data.image_size ({options.image_size} here, {card.image_size} there; this "
+                  f"family's parameters depend on the input size)")
+  return causes
+
+
 def load_pretrained(model: nnx.Module, directory: str | os.PathLike, *, arch: str,
-                    reset_head: bool = False) -> None:
+                    reset_head: bool = False, options=None) -> None:
   """Copies the parameters of the model directory `directory` into `model` (in place).
 
   The head keeps its fresh initialisation when `reset_head` is set or when the
-  number of classes differs; any other missing or differently shaped tensor is
-  a ConfigError naming it.
+  number of classes differs; a ViT's position embedding is resampled to this
+  model's patch grid (another image size). Any other missing or differently
+  shaped tensor is a ConfigError naming it and, from `options` (the target's
+  ModelOptions), the config keys in which the two models differ.
   """
-  from vision.checkpoint import load_model, _without_rng  # pylint: disable=import-outside-toplevel
   directory = pathlib.Path(directory)
   try:
     source, card = load_model(directory)
@@ -78,35 +118,45 @@ def load_pretrained(model: nnx.Module, directory: str | os.PathLike, *, arch: st
     raise ConfigError(
         f"config key 'model.init_from': {directory} holds a {card.arch!r} model but "
         f"'model.name' is {arch!r}; set model.name={card.arch}")
-  source_params = _flat(_without_rng(nnx.state(source)))
+  source_params = flatten(without_rng(nnx.state(source)))
   target_state = nnx.state(model)
-  target = _flat(_without_rng(target_state))
+  target = flatten(without_rng(target_state))
   new_head = reset_head or card.num_classes != model.head.out_features
-  merged, mismatched = {}, []
+  merged, mismatched, resampled = {}, [], []
   groups = model.layer_groups()
   # Input side first, so the error names the first tensor that differs.
   for name in sorted(target, key=lambda n: group_index(n, groups)):
     value = target[name]
-    if new_head and _is_head(name):
-      merged[name] = value
+    if (new_head or name not in source_params) and is_head(name):
+      merged[name] = value  # a new head, or one of its extras (learned task weights) is new
     elif name not in source_params:
       mismatched.append(f"tensor '{name}' is missing from {directory}")
     elif source_params[name].shape != value.shape:
-      mismatched.append(
-          f"tensor '{name}' has shape {tuple(source_params[name].shape)} in {directory} but "
-          f"this config's model needs {tuple(value.shape)}")
+      adapted = _resampled(model, name, source_params[name], value.shape)
+      if adapted is None:
+        mismatched.append(
+            f"tensor '{name}' has shape {tuple(source_params[name].shape)} in {directory} but "
+            f"this config's model needs {tuple(value.shape)}")
+      else:
+        merged[name] = jnp.asarray(adapted, value.dtype)
+        resampled.append(f"{name} {tuple(source_params[name].shape)} -> {tuple(value.shape)}")
     else:
       merged[name] = jnp.asarray(source_params[name], value.dtype)
   if mismatched:
     more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
-    raise ConfigError(f"config key 'model.init_from': {mismatched[0]}{more}; check "
-                      "data.channels and the model.* options against its model_card.json")
+    causes = _mismatch_causes(card, options)
+    because = (f"this config's model differs from that one in {'; '.join(causes)}"
+               if causes else f"its {MODEL_CARD} describes a model of the same options, so "
+               "its checkpoint and card disagree")
+    raise ConfigError(f"config key 'model.init_from': {mismatched[0]}{more}; {because}")
+  if resampled:
+    log.info("init_from %s: resampled %s to this image size", directory, ", ".join(resampled))
   restored = traverse_util.unflatten_dict({tuple(_key(k) for k in name.split(".")): v
                                            for name, v in merged.items()})
   nnx.replace_by_pure_dict(target_state, restored)
   nnx.update(model, target_state)
   log.info("init_from %s: copied %d tensors%s", directory,
-           sum(1 for n in merged if not (new_head and _is_head(n))),
+           sum(1 for n in merged if not (new_head and is_head(n))),
            "; new head" if new_head else "")
 
 
@@ -114,11 +164,13 @@ def _key(part: str) -> str | int:
   return int(part) if part.isdigit() else part
 
 
-def maybe_load_pretrained(config: ml_collections.ConfigDict, model: nnx.Module) -> None:
-  """Applies `model.init_from` (and `model.reset_head`) when set."""
+def maybe_load_pretrained(config: ml_collections.ConfigDict, model: nnx.Module,
+                          options=None) -> None:
+  """Applies `model.init_from` (and `model.reset_head`) when set; `options`: the model's
+  ModelOptions, which a mismatch error compares with the source's."""
   if config.model.init_from:
     load_pretrained(model, config.model.init_from, arch=config.model.name,
-                    reset_head=config.model.reset_head)
+                    reset_head=config.model.reset_head, options=options)
 
 
 # ------------------------------------------------------------------ layer groups
@@ -281,7 +333,6 @@ class PhasedTrain:
 def make_steps(config: ml_collections.ConfigDict, model: nnx.Module, optimizer: nnx.Optimizer,
                mesh: jax.sharding.Mesh, *, steps_per_epoch: int, **step_options):
   """`Steps.create`, with BatchNorm frozen where the transfer config says."""
-  from vision.train.step import Steps  # pylint: disable=import-outside-toplevel
   transfer = config.transfer
   if transfer.mode in ("none", "fine_tune"):
     configure = None
