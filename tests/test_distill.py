@@ -22,6 +22,7 @@ from vision import comparison
 from vision import config as config_lib
 from vision import parallel
 from vision import sweep as sweep_lib
+from vision.compress import channels
 from vision.config import ConfigError
 from vision.models.small_cnn import SmallCNN
 from vision.train import distill, losses
@@ -161,6 +162,31 @@ def test_compare_is_a_grid_of_variant_by_seed_at_one_budget():
   for key in ("epochs", "num_steps", "batch_size"):
     assert distilled.train[key] == alone.train[key]
   assert distilled.data.max_train_examples == alone.data.max_train_examples
+
+
+def test_the_students_size_is_the_documented_26722_parameters():
+  # By hand: conv 1→8 (72) + BatchNorm scale/bias (16), conv 8→16 (1,152) + (32), two 2×2
+  # pools leave 7×7×16 = 784 features → hidden 32 (25,120), head 32 → 10 (330).
+  student = SmallCNN(10, 1, (8, 16), hidden=32, image_size=28, rngs=nnx.Rngs(0))
+  assert channels.parameter_count(student) == 72 + 16 + 1152 + 32 + 784 * 32 + 32 + 330 == 26722
+
+
+def test_recipe_searches_tune_each_arm_on_validation_at_the_comparison_budget():
+  alone = sweep_lib.load_sweep(CONFIG, "search=alone,teacher=/t")
+  distilled = sweep_lib.load_sweep(CONFIG, "search=distilled,teacher=/t")
+  assert alone.metric == distilled.metric == "val/accuracy"  # never chosen on test
+  assert all(p["distill.variant"] == "alone" for p in alone.grid()) and len(alone.grid()) == 4
+  assert {(p["distill.temperature"], p["distill.hard_label_weight"])
+          for p in distilled.grid()} == {(t, w) for t in (1.0, 2.0, 4.0) for w in (0.0, 0.5)}
+  # The searches' chosen values are the comparison's defaults (T=4, no label term, no
+  # label smoothing or mixup) and every trial has the comparison's data and steps.
+  config = _shipped_config("teacher=/t")
+  assert (config.distill.temperature, config.distill.hard_label_weight) == (4.0, 0.0)
+  assert (config.train.label_smoothing, config.data.mixup_alpha) == (0.0, 0.0)
+  assert config.data.max_train_examples == 10_000 and config.train.epochs == 40.0
+  assert _shipped_config("smoke,teacher=/t").data.max_train_examples == 1024
+  with pytest.raises(ConfigError, match="search=alone or search=distilled"):
+    sweep_lib.load_sweep(CONFIG, "search=teacher")
 
 
 @pytest.mark.slow

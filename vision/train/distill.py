@@ -50,7 +50,6 @@ from vision.data.sources import RecordSource
 from vision.evaluate.ensemble import load_members
 from vision.evaluate.evaluate import card_spec, eval_batch_size, predict_workdir
 from vision.evaluate.inference import predict_split
-from vision.export.latency import interleaved_latency_ms
 from vision.train import losses
 
 TEACHER_PROBS = "teacher_probs"
@@ -215,26 +214,3 @@ class Distiller:
     writer.write_scalars(step, scalars)
     writer.write_summary(scalars)
 
-
-def compare_sizes(workdirs: dict[str, str | os.PathLike], *,
-                  repeats: int = 200) -> dict[str, dict[str, float]]:
-  """Parameters, forward FLOPs per image and batch-1 latency of each named model directory.
-
-  FLOPs are XLA's cost analysis of the compiled forward pass at batch 1; latency is
-  the median wall time (ms) of that compiled call on this machine, the models timed
-  in turns (`interleaved_latency_ms`) so that load drift hits all alike: compare
-  the ratios, not the absolute numbers, on a shared machine.
-  """
-  forwards, flops, parameters, image = {}, {}, {}, None
-  for name, workdir in workdirs.items():
-    model, card = load_members([workdir])[0]
-    graphdef, state = nnx.split(model)
-    image = np.zeros((1, card.image_size, card.image_size, card.channels), np.float32)
-    forward = jax.jit(lambda state, x, graphdef=graphdef: nnx.merge(graphdef, state)(x))
-    flops[name] = float(forward.lower(state, image).compile().cost_analysis()["flops"])
-    parameters[name] = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model,
-                                                                                 nnx.Param)))
-    forwards[name] = lambda x, forward=forward, state=state: forward(state, x)
-  latency = interleaved_latency_ms(forwards, image, repeats=repeats)
-  return {name: {"parameters": parameters[name], "flops_per_image": flops[name],
-                 "latency_ms": latency[name]} for name in workdirs}
