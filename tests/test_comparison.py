@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from vision import comparison
@@ -67,3 +68,13 @@ def test_a_sweep_baseline_names_a_swept_list_and_one_of_its_values():
               {KEY: "alone", "seed": 0}):
     with pytest.raises(ConfigError, match=r"get_sweep\(\)\['baseline'\] must be"):
       sweep_lib.SweepSpec.from_dict(_spec(bad), "compare")
+
+
+def test_confidence_interval_is_student_t():
+  values = [0.8, 0.9, 1.0]
+  # t(0.975, 2) = 4.3027; sem = 0.1 / sqrt(3)
+  assert comparison.confidence_interval(values) == pytest.approx(4.3027 * 0.1 / np.sqrt(3),
+                                                                 rel=1e-4)
+  assert comparison.t_interval_95(values) == pytest.approx((0.9 - 4.3027 * 0.1 / np.sqrt(3),
+                                                            0.9 + 4.3027 * 0.1 / np.sqrt(3)),
+                                                           rel=1e-4)

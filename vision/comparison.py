@@ -33,14 +33,20 @@ def _number(value: Any) -> float | None:
   return number if math.isfinite(number) else None
 
 
+def confidence_interval(values: Sequence[float], level: float = 0.95) -> float:
+  """Half-width of the Student-t confidence interval of the mean of `values` (nan below 2)."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel  (slow import)
+  if len(values) < 2:
+    return math.nan
+  sem = np.std(values, ddof=1) / math.sqrt(len(values))
+  return float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * sem)
+
+
 def t_interval_95(values: Sequence[float]) -> tuple[float, float]:
   """The two-sided 95% Student-t interval of the mean of `values` ((nan, nan) below 2)."""
-  from scipy import stats  # pylint: disable=import-outside-toplevel  (slow import)
-  values = np.asarray(values, np.float64)
-  if len(values) < 2:
-    return math.nan, math.nan
-  half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-  return float(values.mean() - half), float(values.mean() + half)
+  half = confidence_interval(values)
+  mean = float(np.mean(values)) if len(values) else math.nan
+  return mean - half, mean + half
 
 
 def paired_comparison(rows: Iterable[dict], *, key: str, baseline: Any, metric: str,

@@ -115,7 +115,8 @@ def format_variants_table(rows: list[dict]) -> str:
   for row in rows:
     lines.append(
         f"| {row['model']} | {row['test_accuracy']:.4f} | {100 * row['delta_vs_first']:+.2f} "
-        f"| {row['parameters'] / 1e3:.1f} k | {row['size_bytes_gzip'] / 1e3:.0f} kB | {row['latency_ms_per_image']:.3f} ms "
+        f"| {row['parameters'] / 1e3:.1f} k | {row['size_bytes_gzip'] / 1e3:.0f} kB "
+        f"| {row['latency_ms_per_image']:.3f} ms "
         f"({row['speedup_vs_first']:.2f}×) | {row['latency_ms_per_image_batched']:.3f} ms "
         f"({row['speedup_vs_first_batched']:.2f}×) | {row['flops'] / 1e6:.2f} M |")
   return "\n".join(lines)
