@@ -5,8 +5,9 @@
 
 Each trial K is a normal training run in WORKDIR/trial-K (its own process and
 W&B run, in the W&B group named after the sweep). WORKDIR/results.csv and
-WORKDIR/results.png are rewritten after every trial; the sweep's state is an
-Optuna study in WORKDIR/sweep.db (or --storage). Re-running the same command
+WORKDIR/results.png are rewritten after every trial (and WORKDIR/comparison.json
+when the sweep names a `baseline`; its table is printed at the end); the sweep's
+state is an Optuna study in WORKDIR/sweep.db (or --storage). Re-running the same command
 skips finished trials and restarts interrupted ones.
 """
 
@@ -16,6 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
+from vision import comparison
 from vision import config as config_lib
 from vision import sweep as sweep_lib
 
@@ -62,6 +64,8 @@ def main(argv: list[str]) -> None:
     best = (max if spec.goal == "maximize" else min)(done, key=lambda r: r[spec.metric])
     shown = ", ".join(f"{p.key}={best[p.key]}" for p in spec.params)
     print(f"best: trial {best['trial']} {spec.metric}={best[spec.metric]:.4f} ({shown})")
+  if spec.baseline:
+    print(comparison.format_comparison(sweep.comparison(rows)))
 
 
 if __name__ == "__main__":

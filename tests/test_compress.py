@@ -201,6 +201,7 @@ def test_pruned_qat_model_exports_its_zeros_and_int8_side_by_side(tmp_path, prun
   assert int8["top1_agreement"] >= 0.99  # against the QAT model's simulated-int8 forward
   assert int8["size_bytes"] < fp32["size_bytes"] / 2
   assert fp32["speedup_vs_first"] == fp32["speedup_vs_first_batched"] == 1.0
+  assert fp32["parameters"] == int8["parameters"] > 0  # the float network's, either way
   assert all(row["latency_ms_per_image_batched"] > 0 and 0 <= row["test_accuracy"] <= 1
              for row in rows)
   table = compress_report.format_variants_table(rows)

@@ -112,6 +112,12 @@ ELSEWHERE = {
     },
     "model.name": {name: "tests/test_models.py::test_every_family_trains_under_the_data_mesh"
                    for name in ("mobilenet_v2", "vit_ti16", "convnext_tiny")},
+    # The baseline arm of a distillation comparison, trained (with its teacher measuring
+    # agreement) by the shipped comparison sweep at smoke size.
+    "distill.variant": {
+        "alone": "tests/test_distill.py::"
+                 "test_compare_sweep_runs_both_variants_over_seeds_at_smoke_size",
+    },
     # Tasks need labels the tiny IDX data lacks (multi-hot labels, a second label column).
     "task.name": {
         "multi_label": "tests/test_multilabel.py::test_multilabel_training_from_csv",

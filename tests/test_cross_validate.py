@@ -15,13 +15,6 @@ TINY = "tests/configs/tiny.py"
 FLIPPED = 24
 
 
-def test_confidence_interval_is_student_t():
-  values = [0.8, 0.9, 1.0]
-  # t(0.975, 2) = 4.3027; sem = 0.1 / sqrt(3)
-  assert cross_validate.confidence_interval(values) == pytest.approx(4.3027 * 0.1 / np.sqrt(3),
-                                                                     rel=1e-4)
-
-
 def test_label_issues_rank_wrong_labels_first():
   rng = np.random.default_rng(0)
   labels = np.arange(200) % 4

@@ -24,6 +24,7 @@ def test_notebook_runs(path: pathlib.Path, tmp_path, monkeypatch):
   monkeypatch.setenv("VISION_RUNS", str(tmp_path / "runs"))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.delenv("WANDB_SERVICE", raising=False)
+  monkeypatch.delenv("VISION_DISTILL_SWEEP", raising=False)  # the smoke sweep, not a saved one
   notebook = nbformat.read(path, as_version=4)
   client = NotebookClient(notebook, timeout=900, kernel_name="python3",
                           resources={"metadata": {"path": str(path.parent)}})

@@ -200,6 +200,9 @@ def defaults() -> ml_collections.ConfigDict:
   c.distill.temperature = 1.0
   # loss = (1 - w) * T^2 * KL(teacher || student) + w * cross-entropy with the labels.
   c.distill.hard_label_weight = 0.0
+  # 'distilled', or 'alone': the baseline, trained on the labels with the run's own loss and
+  # augmentation; the teacher only measures agreement (val/ and test/agreement).
+  c.distill.variant = "distilled"
 
   # Pruning (vision/compress/prune.py): gradual magnitude pruning, Zhu & Gupta 2017.
   c.prune = ml_collections.ConfigDict()
@@ -332,6 +335,7 @@ _CHOICES = {
     "train.class_weights": ("none", "balanced"),
     "model.conv_impl": ("auto", "matmul", "lax"),
     "transfer.mode": ("none", "linear_probe", "fine_tune", "gradual_unfreeze"),
+    "distill.variant": ("distilled", "alone"),
     "prune.granularity": ("unstructured", "channel"),
     "prune.scope": ("global", "layer"),
     "prune.schedule": ("polynomial", "one_shot"),

@@ -23,7 +23,9 @@ returning a plain dict:
       }
 
 Optional keys: `name` (the study name and W&B group; default: the config file
-name) and `seed` (of the sampler). A grid takes lists only.
+name), `seed` (of the sampler) and `baseline`, e.g. `{"distill.variant": "alone"}`:
+each other value of that swept key is compared with it, paired by the other
+keys (seeds), in `comparison.json` (`vision.comparison`). A grid takes lists only.
 
 Each trial K is `train_command --config=CONFIG --workdir=WORKDIR/trial-K
 --config.KEY=VALUE...` in its own process, so it resumes like any run. Its
@@ -55,6 +57,7 @@ import subprocess
 import time
 from typing import Any, Sequence
 
+from vision import comparison
 from vision.config import ConfigError, check_override_keys
 from vision.files import write_atomically, write_text_atomically
 from vision.logging import read_metrics
@@ -140,13 +143,15 @@ class SweepSpec:
   metric: str = "val/accuracy"
   goal: str = "maximize"
   seed: int = 0
+  # {swept key: its baseline value}, or None.
+  baseline: dict | None = None
 
   @classmethod
   def from_dict(cls, raw: dict, default_name: str) -> "SweepSpec":
     where = "get_sweep()"
     if not isinstance(raw, dict):
       raise ConfigError(f"{where} must return a dict, got {type(raw).__name__}")
-    known = {"name", "method", "parameters", "num_trials", "metric", "goal", "seed"}
+    known = {"name", "method", "parameters", "num_trials", "metric", "goal", "seed", "baseline"}
     unknown = sorted(set(raw) - known)
     if unknown:
       raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
@@ -169,7 +174,7 @@ class SweepSpec:
                         f"got {num_trials!r}")
     return cls(name=str(raw.get("name") or default_name), method=method, params=params,
                num_trials=num_trials, metric=raw.get("metric", "val/accuracy"), goal=goal,
-               seed=int(raw.get("seed", 0)))
+               seed=int(raw.get("seed", 0)), baseline=_parse_baseline(raw.get("baseline"), params))
 
   def sampler(self):
     import optuna  # pylint: disable=import-outside-toplevel
@@ -207,6 +212,19 @@ def _parse_param(key: str, value: Any, method: str) -> Param:
   if kind == "log_uniform" and bounds[0] <= 0:
     raise ConfigError(f"{where}: log_uniform needs low > 0, got {bounds[0]}")
   return Param(key, kind, low=bounds[0], high=bounds[1])
+
+
+def _parse_baseline(baseline: Any, params: tuple[Param, ...]) -> dict | None:
+  if baseline is None:
+    return None
+  choices = {p.key: p.choices for p in params if p.kind == "choice"}
+  if (not isinstance(baseline, dict) or len(baseline) != 1
+      or next(iter(baseline)) not in choices or next(iter(baseline.values())) not in
+      choices[next(iter(baseline))]):
+    raise ConfigError(f"get_sweep()['baseline'] must be {{KEY: VALUE}} with KEY a swept list "
+                      f"({', '.join(choices) or 'none here'}) and VALUE one of its choices, "
+                      f"got {baseline!r}")
+  return dict(baseline)
 
 
 def load_sweep(config_file: str | os.PathLike, arg: str | None = None) -> SweepSpec:
@@ -574,7 +592,17 @@ class Sweep:
     rows = self.rows()
     write_results_csv(rows, self.workdir / RESULTS_CSV)
     plot_results(rows, self.spec, self.workdir / RESULTS_PLOT)
+    if self.spec.baseline:
+      write_text_atomically(self.workdir / comparison.COMPARISON_JSON,
+                            json.dumps(self.comparison(rows), indent=2))
     return rows
+
+  def comparison(self, rows: list[dict]) -> dict:
+    """The `baseline` comparison of complete trials (see vision.comparison)."""
+    (key, value), = self.spec.baseline.items()
+    return comparison.paired_comparison(
+        rows, key=key, baseline=value, metric=self.spec.metric,
+        pair_by=[p.key for p in self.spec.params if p.key != key])
 
 
 def write_results_csv(rows: list[dict], path: pathlib.Path) -> None:

@@ -5,7 +5,7 @@
 
 `rows` are curve.json's: one per (strategy, seed, round) with `num_labels`,
 `test_accuracy` and `macro_f1`. The interval is Student t over the seeds
-(`vision.train.cross_validate.confidence_interval`).
+(`vision.comparison.confidence_interval`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
+from vision.comparison import confidence_interval
 from vision.files import write_atomically
-from vision.train.cross_validate import confidence_interval
 
 CURVE_JSON, CURVE_PNG, CURVE_MD = "curve.json", "curve.png", "curve.md"
 

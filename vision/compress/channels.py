@@ -37,6 +37,11 @@ from vision.models import create_model
 SHRINK_REPORT = "shrink_report.json"
 
 
+def parameter_count(model: nnx.Module) -> int:
+  """Number of trainable parameters (every `nnx.Param` element)."""
+  return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
 def forward_flops(model: nnx.Module, input_shape: tuple[int, int, int]) -> float:
   """Floating-point operations of one image's forward pass (XLA's cost analysis)."""
   model.eval()
@@ -105,12 +110,11 @@ def shrink_model_dir(workdir: str | os.PathLike, out: str | os.PathLike, *,
     config = json.loads(resolved.read_text())
     config["model"]["widths"] = list(narrow_card.model_options["widths"])
     write_text_atomically(out / config_lib.RESOLVED_CONFIG, json.dumps(config, indent=2))
-  count = lambda m: int(sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param))))  # noqa: E731
   report = {
       "source": str(workdir.absolute()),
       "widths_before": list(card.model_options["widths"]),
       "widths": list(narrow_card.model_options["widths"]),
-      "params_before": count(model), "params": count(narrow),
+      "params_before": parameter_count(model), "params": parameter_count(narrow),
       "flops_before": forward_flops(model, shape), "flops": forward_flops(narrow, shape),
       "max_abs_logit_diff": difference,
   }

@@ -83,6 +83,7 @@ def compare_variants(variants: Sequence[Variant], out: str | os.PathLike, *,
         "size_bytes_gzip": gzip_size(directory / report_model_file(directory)),
         "flops": channels.forward_flops(quant.float_model(model),
                                         (card.image_size, card.image_size, card.channels)),
+        "parameters": channels.parameter_count(quant.float_model(model)),
         "top1_agreement": report["top1_agreement"], "key": directory.name,
     })
     predicts[directory.name] = load_exported(directory, threads=threads).predict
@@ -108,13 +109,14 @@ def report_model_file(directory: pathlib.Path) -> str:
 
 def format_variants_table(rows: list[dict]) -> str:
   batch = rows[0]["latency_batch_size"] if rows else 0
-  lines = ["| model | test acc | Δ vs fp32 | exported size (gzip) | latency per image "
-           f"(ONNX, 1 thread), batch 1 | same, batch {batch} | FLOPs |",
-           "|---|---|---|---|---|---|---|"]
+  lines = ["| model | test acc | Δ vs first | parameters | exported size (gzip) | latency per "
+           f"image (ONNX, 1 thread), batch 1 | same, batch {batch} | FLOPs |",
+           "|---|---|---|---|---|---|---|---|"]
   for row in rows:
     lines.append(
         f"| {row['model']} | {row['test_accuracy']:.4f} | {100 * row['delta_vs_first']:+.2f} "
-        f"| {row['size_bytes_gzip'] / 1e3:.0f} kB | {row['latency_ms_per_image']:.3f} ms "
+        f"| {row['parameters'] / 1e3:.1f} k | {row['size_bytes_gzip'] / 1e3:.0f} kB "
+        f"| {row['latency_ms_per_image']:.3f} ms "
         f"({row['speedup_vs_first']:.2f}×) | {row['latency_ms_per_image_batched']:.3f} ms "
         f"({row['speedup_vs_first_batched']:.2f}×) | {row['flops'] / 1e6:.2f} M |")
   return "\n".join(lines)

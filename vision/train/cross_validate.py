@@ -26,10 +26,10 @@ import cleanlab.filter
 import cleanlab.rank
 import ml_collections
 import numpy as np
-import scipy.stats
 import sklearn.model_selection
 
 from vision import config as config_lib
+from vision.comparison import confidence_interval
 from vision import parallel, tasks
 from vision.checkpoint import load_model
 from vision.config import ConfigError
@@ -75,14 +75,6 @@ def _file_paths(records: RecordSource) -> list[str] | None:
 def record_paths(records: RecordSource, split: str) -> list[str]:
   """The source file of each record where known, else `split[position in the split]`."""
   return _file_paths(records) or [f"{split}[{i}]" for i in range(len(records))]
-
-
-def confidence_interval(values: list[float], level: float = 0.95) -> float:
-  """Half-width of the Student-t confidence interval of the mean of `values`."""
-  if len(values) < 2:
-    return float("nan")
-  sem = np.std(values, ddof=1) / np.sqrt(len(values))
-  return float(scipy.stats.t.ppf(0.5 + level / 2, len(values) - 1) * sem)
 
 
 def fold_indices(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -103,11 +103,7 @@ def assemble(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   mesh = parallel.make_mesh()
   batch_transform = augment.device_transform(config.data, task.dense_targets)
-  distiller = None
-  if config.distill.teachers:
-    distiller = distill.Distiller.create(config.distill, card, mesh)
-    loss = distiller.loss(config.train.label_smoothing)
-    batch_transform = distiller.batch_transform(batch_transform)
+  distiller, loss, batch_transform = distill.setup(config, card, mesh, loss, batch_transform)
   steps = transfer.make_steps(
       config, model, optimizer, mesh, steps_per_epoch=schedule.steps_per_epoch, task=task,
       loss=loss, batch_transform=batch_transform)
@@ -210,5 +206,7 @@ def _final_test(run: Run, writer) -> dict:
   report = evaluate_lib.evaluate_workdir(run.workdir, split, fit_temperature=True)
   scalars = evaluate_lib.publish(writer, run.task, report, split, run.schedule.total_steps,
                                  run.workdir)
+  if run.distiller is not None:
+    run.distiller.publish_test(writer, run.workdir, split, run.schedule.total_steps)
   log.info("%s: %s", split, ", ".join(f"{k}={v:.4f}" for k, v in scalars.items()))
   return report
