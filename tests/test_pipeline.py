@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import grain
+import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from vision.data import pipeline
 from vision.data.sources import ArraySource
@@ -34,6 +37,30 @@ def test_same_seed_same_order_and_every_epoch_reshuffled():
                                               seed=s))["image"][:, 0, 0, 0] for s in (3, 4)]
   assert not np.array_equal(*image_order)
   assert epochs[0] != epochs[1] and sorted(epochs[0]) == sorted(epochs[1])
+
+
+@pytest.mark.parametrize("num_records,batch_size,seed,epochs,drop_remainder,shard,shards", [
+    (1000, 128, 3, None, True, 0, 1),      # training: endless, batches cross epochs
+    (1001, 100, 7, 2, False, 1, 2),        # two epochs, second of two processes
+    (1001, 100, 7, 3, True, 0, 3),
+    (1000, 128, None, 1, False, 0, 1),     # evaluation: in order, last batch short
+    (10, 4, None, 1, False, 2, 3),
+])
+def test_index_batches_equal_grains_shuffle_repeat_batch(
+    monkeypatch, num_records, batch_size, seed, epochs, drop_remainder, shard, shards):
+  # The fast path must give exactly grain's order, so that results and resumes do not move.
+  monkeypatch.setattr(jax, "process_index", lambda: shard)
+  monkeypatch.setattr(jax, "process_count", lambda: shards)
+  fast = pipeline.index_batches(num_records, batch_size, seed=seed, epochs=epochs,
+                                drop_remainder=drop_remainder)
+  reference = grain.MapDataset.range(num_records)[shard::shards]
+  if seed is not None:
+    reference = reference.shuffle(seed=seed)
+  reference = reference.repeat(epochs).batch(batch_size, drop_remainder=drop_remainder)
+  count = 3 * num_records // batch_size if epochs is None else len(reference)
+  assert epochs is None or len(fast) == len(reference)
+  for index in range(count):
+    np.testing.assert_array_equal(fast[index], reference[index])
 
 
 def test_iterator_state_resumes_at_the_next_batch():

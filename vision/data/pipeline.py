@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator
+import sys
+from typing import Iterator, Sequence
 import weakref
 
 from absl import flags
@@ -248,6 +249,49 @@ class Normalise(grain.transforms.Map):
     return {**batch, "image": image}
 
 
+class IndexBatches(Sequence[np.ndarray]):
+  """Batch `i` of record indices, computed directly: grain's `range[shard].shuffle(seed)
+  .repeat(epochs).batch(batch_size)` element for element, at a fraction of its cost.
+
+  Grain's chain computes each of a batch's 128 indices through four Python
+  layers (~33 µs each, 4 ms a batch: 5% of the quickstart's train step, on the
+  cores the step uses). Here one batch is one vectorised slice plus, when
+  shuffled, grain's own `index_shuffle` per element (epoch e uses seed + e, as
+  `ShuffleMapDataset` does), so runs, resumes and results stay the same.
+  """
+
+  def __init__(self, num_records: int, batch_size: int, *, seed: int | None,
+               epochs: int | None, drop_remainder: bool):
+    self.shard, self.shards = jax.process_index(), jax.process_count()
+    self.per_epoch = len(range(self.shard, num_records, self.shards))
+    self.batch_size, self.seed = batch_size, seed
+    total = None if epochs is None else epochs * self.per_epoch
+    self.total = total
+    if total is None:
+      self.length = sys.maxsize
+    elif drop_remainder:
+      self.length = total // batch_size
+    else:
+      self.length = -(-total // batch_size)
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    if not 0 <= index < self.length:
+      raise IndexError(f"batch {index} of {self.length}")
+    start = index * self.batch_size
+    stop = start + self.batch_size if self.total is None else min(
+        start + self.batch_size, self.total)
+    epoch, in_epoch = np.divmod(np.arange(start, stop, dtype=np.int64), self.per_epoch)
+    if self.seed is not None:
+      in_epoch = np.array([
+          grain.experimental.index_shuffle(
+              int(i), self.per_epoch - 1, (self.seed + int(e)) % 2**32, 4)
+          for i, e in zip(in_epoch, epoch)], np.int64)
+    return self.shard + in_epoch * self.shards
+
+
 def index_batches(num_records: int, batch_size: int, *, seed: int | None, epochs: int | None,
                   drop_remainder: bool) -> grain.MapDataset:
   """Batches of this process's record indices; shuffled per epoch when `seed` is set.
@@ -255,10 +299,8 @@ def index_batches(num_records: int, batch_size: int, *, seed: int | None, epochs
   Grain works on indices, not records: per-element overhead stays off the hot
   path, and a checkpoint of the iterator is a few integers.
   """
-  indices = grain.MapDataset.range(num_records)[jax.process_index()::jax.process_count()]
-  if seed is not None:
-    indices = indices.shuffle(seed=seed)
-  return indices.repeat(epochs).batch(batch_size, drop_remainder=drop_remainder)
+  return grain.MapDataset.source(IndexBatches(
+      num_records, batch_size, seed=seed, epochs=epochs, drop_remainder=drop_remainder))
 
 
 def balanced_index_batches(records: RecordSource, batch_size: int, *, seed: int) -> grain.MapDataset:
