@@ -32,6 +32,8 @@ import numpy as np
 
 from vision import benchmark, tasks, torch_speed
 from vision.checkpoint import ModelCard
+from vision.export.export import write_model
+from vision.export.serving import INPUT_NAME, serving_function
 from vision.models import ModelOptions, create_model
 
 # The default realistic suite (issue 18): the classic CNN, two mobile CNNs, a transformer.
@@ -68,7 +70,6 @@ def _train_row(options: RealisticOptions, peak: float) -> dict:
 
 
 def _serving(name: str, options: RealisticOptions):
-  from vision.export.serving import serving_function  # pylint: disable=import-outside-toplevel
   model = create_model(name, ModelOptions(options.num_classes, 3, options.image_size),
                        rngs=nnx.Rngs(0))
   card = ModelCard(arch=name, num_classes=options.num_classes,
@@ -90,8 +91,6 @@ def _jax_predict(serving, images: np.ndarray) -> tuple[Callable, float]:
 def _onnx_predict(serving, directory: pathlib.Path) -> Callable[[np.ndarray], object]:
   """ONNX Runtime on the exported model (what `experiments.export --format=onnx` writes)."""
   import onnxruntime as ort  # pylint: disable=import-outside-toplevel
-  from vision.export.export import write_model  # pylint: disable=import-outside-toplevel
-  from vision.export.serving import INPUT_NAME  # pylint: disable=import-outside-toplevel
   path, _ = write_model(serving, "onnx", directory, calibration=None)
   session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
   return lambda images: session.run(None, {INPUT_NAME: images})
