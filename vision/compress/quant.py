@@ -34,6 +34,8 @@ import numpy as np
 import qwix
 from qwix._src.utils import flax_util as _qwix_flax_util
 
+from vision.models import layers
+
 MODES = ("none", "qat", "ptq")
 BITS = (4, 8)
 
@@ -95,6 +97,8 @@ def quantize(model: nnx.Module, *, mode: str, weight_bits: int = 8, activation_b
   # outside custom VJPs; QtProvider's static ranges update inside conv_general_qt's custom
   # VJP forward, which flax NNX refuses under nnx.value_and_grad (TraceContextError).
   provider = qwix.OdmlQatProvider(rules(weight_bits, activation_bits), strict=False)
+  # The same reason: plain lax convolutions, not `layers.lax_conv`'s custom VJP.
+  layers.set_materialise_backward(model, False)
   sample = jnp.zeros((1, *input_shape), jnp.float32)
   # Qwix creates its state by calling the model once; run eagerly, each of the many small
   # fake-quantization ops compiles on its own (75 s for the tiny test CNN, 10 s compiled).

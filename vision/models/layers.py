@@ -217,8 +217,15 @@ lax_conv.defvjp(_lax_conv_forward, _lax_conv_backward)
 
 @dataclasses.dataclass(frozen=True)
 class ConvLowering:
-  """`nnx.Conv`'s `conv_general_dilated` hook: lax or matmuls, decided at trace time."""
+  """`nnx.Conv`'s `conv_general_dilated` hook: lax or matmuls, decided at trace time.
+
+  `materialise_backward=False` runs `lax.conv_general_dilated` itself rather than
+  `lax_conv` (the same values and gradients, without the backward's barriers): for
+  quantization-aware training, whose interception of the convolution must not run
+  inside a custom VJP (flax NNX refuses the state it creates there).
+  """
   impl: str = "auto"
+  materialise_backward: bool = True
 
   def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                dimension_numbers=None, feature_group_count=1, precision=None,
@@ -234,6 +241,8 @@ class ConvLowering:
                    and lhs.ndim == 4
                    and dimension_numbers == _NHWC_HWIO and not kwargs
                    and tuple(lhs_dilation or (1, 1)) == (1, 1) and out_sharding is None)
+    if not matmul_fits and not self.materialise_backward:
+      return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **lax_kwargs)
     if not matmul_fits:
       return lax_conv(lhs, rhs, _LaxConv(tuple(window_strides), _hashable_padding(padding),
                                          tuple(sorted(lax_kwargs.items()))))
@@ -259,7 +268,13 @@ class Conv(nnx.Conv):
     return self.conv_general_dilated.impl
 
   def set_conv_impl(self, impl: str) -> None:
-    self.conv_general_dilated = ConvLowering(_check_impl(impl))
+    self.conv_general_dilated = dataclasses.replace(self.conv_general_dilated,
+                                                    impl=_check_impl(impl))
+
+  def set_materialise_backward(self, materialise: bool) -> None:
+    """Whether the backward pass reads its inputs from memory (`lax_conv`); off for QAT."""
+    self.conv_general_dilated = dataclasses.replace(self.conv_general_dilated,
+                                                    materialise_backward=materialise)
 
 
 def set_conv_impl(model: nnx.Module, impl: str) -> nnx.Module:
@@ -268,6 +283,14 @@ def set_conv_impl(model: nnx.Module, impl: str) -> nnx.Module:
   for _, module in nnx.iter_graph(model):
     if isinstance(module, Conv):
       module.set_conv_impl(impl)
+  return model
+
+
+def set_materialise_backward(model: nnx.Module, materialise: bool) -> nnx.Module:
+  """Turns `lax_conv`'s backward barriers on or off in every `Conv` of `model`; returns it."""
+  for _, module in nnx.iter_graph(model):
+    if isinstance(module, Conv):
+      module.set_materialise_backward(materialise)
   return model
 
 
