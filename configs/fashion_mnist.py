@@ -4,10 +4,12 @@ Command (the README's quickstart):
 
     python -m experiments.train --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist
 
-Expected result: test accuracy 0.9238 (top-5 0.9987, macro F1 0.923; final
-validation 0.9325) in 3 min 54 s wall on the 2-core CPU we develop on (AMD EPYC,
-no GPU), measured 2026-11-29 on an otherwise idle machine with the current code.
-Runs are bit-for-bit repeatable on one machine. The same recipe at 7 epochs gave
+Expected result: test accuracy 0.9241 (top-5 0.9988, macro F1 0.924; final
+validation 0.9322), measured 2026-11-30 with issue 18's BatchNorm gradients (the
+same math, another order of float operations: 0.9238 and validation 0.9325
+before). It took 3 min 54 s wall on the 2-core CPU we develop on (AMD EPYC, no
+GPU), measured 2026-11-29 on an otherwise idle machine; the train step is now
+about 15% faster (README "Speed"). Runs are bit-for-bit repeatable on one machine. The same recipe at 7 epochs gave
 0.9242 in 4 min 56 s, at 8 epochs 0.9262 in 5 min 23 s, at 10 epochs 0.9286.
 The speed comes from issue 7's CPU work (README "Speed"): oneDNN convolutions via
 `vision.xla_flags` (about 1.5× this network's train step) and max pooling by reshape.
