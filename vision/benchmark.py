@@ -105,6 +105,11 @@ class Timings:
   errors: dict[str, str]
 
 
+def error_line(error: Exception) -> str:
+  """An exception as one line: its type and the first line of its message."""
+  return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
 def time_interleaved(runners: dict[str, Callable[[], object]], repeats: int) -> Timings:
   """Times blocking callables in turns: one call of each per round, `repeats` rounds.
 
@@ -119,7 +124,7 @@ def time_interleaved(runners: dict[str, Callable[[], object]], repeats: int) -> 
     try:
       runner()
     except Exception as error:  # pylint: disable=broad-except  # reported, the others go on
-      errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+      errors[name] = error_line(error)
       continue
     first_call[name] = time.perf_counter() - start
     live[name] = runner

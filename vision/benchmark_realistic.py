@@ -96,10 +96,6 @@ def _onnx_predict(serving, directory: pathlib.Path) -> Callable[[np.ndarray], ob
   return lambda images: session.run(None, {INPUT_NAME: images})
 
 
-def _error_line(error: Exception) -> str:
-  return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-
-
 def inference_row(name: str, options: RealisticOptions, peak: float) -> dict:
   """One model's inference figures: JAX, each PyTorch setting and ONNX Runtime, in turns."""
   rng = np.random.default_rng(0)
@@ -126,7 +122,7 @@ def inference_row(name: str, options: RealisticOptions, peak: float) -> dict:
       throughput["onnx"] = lambda: onnx_predict(images)
       latency["onnx"] = lambda: onnx_predict(image)
     except Exception as error:  # pylint: disable=broad-except  # reported in the row
-      onnx_error = _error_line(error)
+      onnx_error = benchmark.error_line(error)
   batch_timings = benchmark.time_interleaved(throughput, options.steps)
   latency_timings = benchmark.time_interleaved(latency, options.latency_repeats)
   if "jax" in batch_timings.errors:
