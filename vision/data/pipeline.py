@@ -265,14 +265,14 @@ class IndexBatches(Sequence[np.ndarray]):
     self.shard, self.shards = jax.process_index(), jax.process_count()
     self.per_epoch = len(range(self.shard, num_records, self.shards))
     self.batch_size, self.seed = batch_size, seed
-    total = None if epochs is None else epochs * self.per_epoch
-    self.total = total
-    if total is None:
+    # Records over every epoch; None: endless.
+    self.total = None if epochs is None else epochs * self.per_epoch
+    if self.total is None:
       self.length = sys.maxsize
     elif drop_remainder:
-      self.length = total // batch_size
+      self.length = self.total // batch_size
     else:
-      self.length = -(-total // batch_size)
+      self.length = -(-self.total // batch_size)
 
   def __len__(self) -> int:
     return self.length
