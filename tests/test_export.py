@@ -35,8 +35,9 @@ def _check_directory(out: pathlib.Path, fmt: str, workdir: pathlib.Path, int8: b
   assert info["format"] == fmt and info["int8"] is int8 and info["arch"] == "small_cnn"
   assert (info["quantization"] == "none") is not int8
   assert info["class_names"] == ["a", "b", "c", "d"]
-  assert info["input"] == {"name": "images", "dtype": "uint8", "layout": "NHWC", "height": 16,
-                           "width": 16, "channels": 1}
+  assert info["input"] == {"name": "images", "dtype": "uint8", "layout": "NHWC",
+                           "batch_size": 1 if int8 else None, "height": 16, "width": 16,
+                           "channels": 1}
   assert info["outputs"] == ["logits", "probabilities", "embedding"]
   assert info["task"]["temperature"] == json.loads(
       (workdir / "model_card.json").read_text())["task"]["temperature"]
@@ -102,6 +103,27 @@ def test_int8_export_is_smaller_and_states_its_accuracy_drop(tmp_path, tiny_mode
   # int8 weights: about a quarter of the fp32 parameters (128*64 + ... floats).
   assert report["size_bytes"] < 0.5 * report["size_bytes_jax"]
   assert info["quantization"] == {"tflite": "full_integer", "onnx": "static_qdq"}[fmt]
+  # The int8 graph has a static batch of 1 (convolutions fused with their bias and activation);
+  # its runtime answers any batch, piece by piece, as the model's own batch-1 calls do.
+  model = load_exported(tmp_path / "int8")
+  images = _images(5, seed=3)
+  batched = model.predict(images)
+  assert batched["logits"].shape == (5, 4) and batched["embedding"].shape == (5, 128)
+  for index in (0, 4):
+    np.testing.assert_array_equal(model.predict(images[index:index + 1])["logits"][0],
+                                  batched["logits"][index])
+  if fmt == "tflite":
+    from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+    details = Interpreter(str(tmp_path / "int8/model.tflite")).get_input_details()[0]
+    assert list(details["shape_signature"]) == [1, 16, 16, 1]
+    # Fused: no BROADCAST_TO, MAXIMUM or MINIMUM (bias adds and ReLU clips) is left as an op.
+    operations = {op["op_name"] for op in Interpreter(
+        str(tmp_path / "int8/model.tflite"))._get_ops_details()}  # pylint: disable=protected-access
+    assert not operations & {"BROADCAST_TO", "MAXIMUM", "MINIMUM"}, operations
+  else:
+    import onnxruntime as ort  # pylint: disable=import-outside-toplevel
+    (onnx_input,) = ort.InferenceSession(str(tmp_path / "int8/model.onnx")).get_inputs()
+    assert onnx_input.shape == [1, 16, 16, 1]
 
 
 def test_the_command_writes_the_directory_and_fails_loudly_on_disagreement(

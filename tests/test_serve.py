@@ -464,3 +464,25 @@ def test_benchmark_serving_drives_a_server_process(exports, tmp_path):
   assert report["throughput_rps"] > 1 and 0 < report["latency_ms_p50"] <= report["latency_ms_p99"]
   (model,) = report["server"]
   assert model["version"] == "v1" and model["requests"] >= 60
+
+
+def test_an_int8_export_serves_micro_batches_through_its_batch_1_graph(tiny_model_dir, tmp_path):
+  from vision.export import export_workdir, load_exported  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "tflite_int8"
+  export_workdir(tiny_model_dir, "tflite", out, int8=True, version="int8", max_examples=16,
+                 calibration_examples=16, latency_repeats=1)
+  assert json.loads((out / "export.json").read_text())["input"]["batch_size"] == 1
+  images, _ = labelled_images(12, seed=31)
+  options = ServeOptions(models=[str(out)], log_path=str(tmp_path / "serving.db"),
+                         max_batch_size=8, max_wait_ms=50)
+  with running_server(options) as (url, _):
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+      responses = list(pool.map(lambda image: predict_file(url, encode(image)), images))
+    batching = httpx.get(f"{url}/v1/models").json()["models"][0]["batching"]
+  assert all(r.status_code == 200 for r in responses)
+  assert batching["images"] == 12 and batching["max_batch_size"] > 1  # batches of several
+  # Each answer is the batch-1 graph's own answer for that image.
+  model = load_exported(out)
+  expected = [LABELS[int(np.argmax(model.predict(image[None, ..., None])["logits"][0]))]
+              for image in images]
+  assert [r.json()["predictions"][0]["top"][0]["label"] for r in responses] == expected

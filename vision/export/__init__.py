@@ -9,7 +9,8 @@ An export directory holds the model file, `export.json` (format, input spec,
 class names, version) and `export_report.json` (the parity check, on a bounded
 sample of the validation split). A converter failure is an `ExportError`
 whose message is one line: format, op or reason, what to do. The model
-takes uint8 NHWC images of any batch size and returns `logits` and `embedding`.
+takes uint8 NHWC images (any batch size; int8 graphs batch 1, which `predict`
+feeds one image at a time) and returns `logits` and `embedding`.
 """
 
 from vision.export.errors import ExportError

@@ -46,6 +46,8 @@ class ExportedModel:
       raise ValueError(f"{info_path}: unknown format {self.format!r}; known: {', '.join(FORMATS)}")
     spec = self.info["input"]
     self.input_shape = (spec["height"], spec["width"], spec["channels"])
+    # A static-batch graph (int8 exports: batch 1) runs larger batches in pieces of its size.
+    self.batch_size = spec.get("batch_size")
     self.output_names = tuple(self.info.get("outputs") or OUTPUT_NAMES)
     self._run = _LOADERS[self.format](self.directory / self.info["model_file"], threads,
                                       self.output_names)
@@ -57,7 +59,13 @@ class ExportedModel:
     if images.dtype != np.uint8 or images.shape[1:] != self.input_shape:
       raise ValueError(f"expected uint8 images of shape [B, {', '.join(map(str, self.input_shape))}]"
                        f", got {images.dtype} {list(images.shape)}")
-    outputs = self._run(np.ascontiguousarray(images))
+    images = np.ascontiguousarray(images)
+    if self.batch_size and len(images) > self.batch_size:
+      pieces = [self.predict(images[start:start + self.batch_size])
+                for start in range(0, len(images), self.batch_size)]
+      return {name: np.concatenate([piece[name] for piece in pieces])
+              for name in self.output_names}
+    outputs = self._run(images)
     return {name: np.asarray(outputs[name], np.float32) for name in self.output_names}
 
 
@@ -77,18 +85,22 @@ def _saved_model(path: pathlib.Path, threads: int | None,
 
 
 class _TFLite:
-  """LiteRT's interpreter, resized when the batch size changes (the batch dimension is dynamic)."""
+  """LiteRT's interpreter, resized when the batch size changes (when the batch dimension is free)."""
 
   def __init__(self, path: pathlib.Path, threads: int | None, output_names: tuple[str, ...]):
     from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
 
     self._interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    details = self._interpreter.get_input_details()[0]
+    # A static batch dimension (signature != -1) is the size the interpreter already has.
+    self._batch = None if details["shape_signature"][0] == -1 else details["shape"][0]
+    if self._batch:
+      self._interpreter.allocate_tensors()
     runner = self._interpreter.get_signature_runner("serving_default")
     self._input = runner.get_input_details()[INPUT_NAME]["index"]
     self._outputs = {name: runner.get_output_details()[name]["index"] for name in output_names}
     self._output_quant = {name: runner.get_output_details()[name]["quantization"]
                           for name in output_names}
-    self._batch = None
 
   def __call__(self, images: np.ndarray) -> Outputs:
     if images.shape[0] != self._batch:

@@ -79,7 +79,10 @@ class Mlp(nnx.Module):
     self.fc2 = nnx.Linear(hidden, dim, kernel_init=_init, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+    # Applied to x [..., C] as rows [N, C] (the same values): TFLite's converter cannot give a
+    # batch matmul a 4-D output, so a static-batch export of a [1, H, W, C] Linear fails.
+    rows = x.reshape(-1, x.shape[-1])
+    return self.fc2(jax.nn.gelu(self.fc1(rows), approximate=False)).reshape(*x.shape[:-1], -1)
 
 
 class Block(nnx.Module):
