@@ -11,6 +11,7 @@ import pytest
 from conftest import run_module
 from vision.checkpoint import load_model
 from vision.export import ExportedModel, ParityError, export_workdir, load_exported
+from vision.export import converters
 from vision.export import export as export_lib
 from vision.export.compare import compare_latency, format_latency_table
 
@@ -181,3 +182,26 @@ def test_latency_comparison_times_every_runtime(tmp_path, tiny_model_dir):
   assert all(r["latency_ms_per_image"] > 0 and r["size_bytes"] > 0 for r in rows)
   table = format_latency_table(rows)
   assert table.count("\n") == 4 and "ONNX Runtime | int8" in table
+
+
+def test_a_full_integer_model_that_litert_cannot_run_falls_back_to_int8_matmuls(
+    tmp_path, tiny_model_dir, monkeypatch):
+  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
+  attempts = []
+
+  def first_attempt_crashes(what, function, *args):
+    attempts.append(args[3:])  # () for full integer, (True,) for matmuls only
+    if len(attempts) == 1:
+      raise RuntimeError(f"{what} crashed: its process died")
+    return function(*args)
+
+  monkeypatch.setattr(converters, "run_isolated", first_attempt_crashes)
+  report = export_workdir(tiny_model_dir, "tflite", tmp_path / "int8", int8=True,
+                          calibration_examples=16, latency_repeats=1)
+  assert attempts == [(), (True,)] and report["passed"]
+  assert json.loads((tmp_path / "int8/export.json").read_text())["quantization"] == "matmuls_int8"
+  interpreter = Interpreter(str(tmp_path / "int8/model.tflite"))
+  tensors = interpreter.get_tensor_details()
+  int8_ops = {op["op_name"] for op in interpreter._get_ops_details()  # pylint: disable=protected-access
+              if tensors[op["outputs"][0]]["dtype"] == np.int8}
+  assert int8_ops and int8_ops <= {*converters.TFLITE_MATMUL_OPS, "QUANTIZE"}, int8_ops
