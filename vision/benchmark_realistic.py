@@ -82,16 +82,21 @@ def _serving(name: str, options: RealisticOptions):
 def _jax_predict(serving, images: np.ndarray) -> tuple[Callable, float]:
   """The serving function jitted with the weights as arguments; its FLOPs for `images`."""
   weights = [jax.device_put(w) for w in serving.weights]
-  compiled = jax.jit(serving.apply).lower(weights, images).compile()
-  flops = float(compiled.cost_analysis()["flops"])
   jitted = jax.jit(serving.apply)
-  return (lambda batch: jax.block_until_ready(jitted(weights, batch))), flops
+  compiled = jitted.lower(weights, images).compile()  # for its FLOPs, and reused at that shape
+  flops = float(compiled.cost_analysis()["flops"])
+
+  def predict(batch: np.ndarray):
+    run = compiled if batch.shape == images.shape else jitted
+    return jax.block_until_ready(run(weights, batch))
+
+  return predict, flops
 
 
 def _onnx_predict(serving, directory: pathlib.Path) -> Callable[[np.ndarray], object]:
   """ONNX Runtime on the exported model (what `experiments.export --format=onnx` writes)."""
   import onnxruntime as ort  # pylint: disable=import-outside-toplevel
-  path, _ = write_model(serving, "onnx", directory, calibration=None)
+  path = write_model(serving, "onnx", directory, calibration=None).path
   session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
   return lambda images: session.run(None, {INPUT_NAME: images})
 

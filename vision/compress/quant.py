@@ -88,6 +88,9 @@ def quantize(model: nnx.Module, *, mode: str, weight_bits: int = 8, activation_b
   """A QAT copy of `model` for mode 'qat' (training mode kept); `model` itself otherwise.
 
   `input_shape` is one image's (H, W, C): Qwix runs the model once to create its state.
+  For 'qat', `model` itself is changed too: its convolutions lose their backward
+  barriers (`layers.set_materialise_backward`), which the copy inherits, and it
+  ends in training mode. Callers replace it with the copy.
   """
   if mode != "qat":
     return model

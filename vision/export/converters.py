@@ -188,8 +188,11 @@ def _write_tflite_here(saved_model: pathlib.Path, path: pathlib.Path,
     return "none"
   mixed = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
   if matmuls_only:
-    # TFLite's selective quantization: every other op type of the graph keeps its float kernel.
-    float_ops = sorted(_tflite_op_types(converter().convert()) - set(TFLITE_MATMUL_OPS))
+    # TFLite's selective quantization: every other builtin op type keeps its float kernel.
+    from tensorflow.lite.python import schema_py_generated  # pylint: disable=import-outside-toplevel
+    builtin_ops = {name for name in vars(schema_py_generated.BuiltinOperator)
+                   if not name.startswith("_")}
+    float_ops = sorted(builtin_ops - set(TFLITE_MATMUL_OPS))
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter(mixed), debug_dataset=lambda: calibration_batches(calibration[:1]),
         debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=float_ops))
@@ -206,13 +209,6 @@ def _write_tflite_here(saved_model: pathlib.Path, path: pathlib.Path,
     quantization = "integer_with_float_fallback"
   _run_once(path, calibration[:1])
   return quantization
-
-
-def _tflite_op_types(content: bytes) -> set[str]:
-  from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
-
-  interpreter = Interpreter(model_content=content)
-  return {op["op_name"] for op in interpreter._get_ops_details()}  # pylint: disable=protected-access
 
 
 def _run_once(path: pathlib.Path, images: np.ndarray) -> None:

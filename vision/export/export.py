@@ -29,7 +29,7 @@ import pathlib
 import shutil
 import tempfile
 import time
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 from flax import nnx
 import jax
@@ -292,50 +292,61 @@ def content_hash(path: pathlib.Path) -> str:
   return digest.hexdigest()[:12]
 
 
+class WrittenModel(NamedTuple):
+  """What `write_model` wrote: the model file, how it was quantized, its graph's batch size."""
+  path: pathlib.Path
+  quantization: str  # "none"; TFLite: "full_integer", "integer_with_float_fallback",
+  #                    "matmuls_int8"; ONNX: "static_qdq", "static_qdq_matmuls"
+  batch_size: int | None  # the graph's static batch size; None when it takes any batch
+
+
 def write_model(serving, fmt: str, out: pathlib.Path, *, calibration: np.ndarray | None,
                 intermediates: converters.Intermediates | None = None,
-                range_overrides=None, matmuls_only: bool = False) -> tuple[pathlib.Path, str]:
+                range_overrides=None, matmuls_only: bool = False) -> WrittenModel:
   """Writes OUT/<model file> for `fmt` (int8 when `calibration` is given).
 
   TFLite and ONNX are converted from a SavedModel (and ONNX from the fp32
   TFLite file): pass `intermediates` to make those once for several exports of
   one model. `range_overrides` (ONNX int8 only) fixes tensors' ranges: a QAT
   model's learned ones. `matmuls_only` (int8) quantizes only convolutions and
-  matrix products (`uses_layer_norm` models). Returns the model file's path and
-  how it was quantized ("none"; TFLite: "full_integer", "integer_with_float_fallback",
-  "matmuls_int8"; ONNX: "static_qdq", "static_qdq_matmuls").
+  matrix products (`uses_layer_norm` models).
   """
   target = out / MODEL_FILES[fmt]
   check_request(fmt, calibration is not None)
   if fmt == "stablehlo":
     converters.write_stablehlo(serving, target)
-    return target, "none"
+    return WrittenModel(target, "none", None)
   if fmt == "saved_model":
     if intermediates is None:
       converters.write_saved_model(serving, target)
     else:
       shutil.copytree(intermediates.saved_model(), target)
-    return target, "none"
-  # Calibrated int8 is converted from the static-batch graph (converters.INT8_BATCH_SIZE); a QAT
-  # model's learned ranges are placed on the free-batch graph's tensors (quant.onnx_range_overrides).
-  batch_size = int8_batch_size(calibration is not None, range_overrides is not None)
+    return WrittenModel(target, "none", None)
+  if calibration is None:
+    batch_size = None
+  else:
+    # Calibrated int8 is converted from the static-batch graph (converters.INT8_BATCH_SIZE); a
+    # QAT model's learned ranges are placed on the free-batch graph's tensors
+    # (quant.onnx_range_overrides).
+    batch_size = None if range_overrides is not None else converters.INT8_BATCH_SIZE
   with tempfile.TemporaryDirectory() as tmp:
     made = intermediates or converters.Intermediates(serving, pathlib.Path(tmp))
     if fmt == "tflite":
       if calibration is None:
         shutil.copyfile(made.tflite(), target)
-        return target, "none"
-      return target, converters.write_tflite(made.saved_model(batch_size), target,
+        return WrittenModel(target, "none", None)
+      quantization = converters.write_tflite(made.saved_model(batch_size), target,
                                              calibration=calibration, matmuls_only=matmuls_only)
+      return WrittenModel(target, quantization, batch_size)
     if calibration is None:
       converters.write_onnx(made.tflite(), target, serving.output_names)
-      return target, "none"
+      return WrittenModel(target, "none", None)
     fp32 = pathlib.Path(tmp) / "fp32.onnx"
     converters.write_onnx(made.tflite(batch_size), fp32, serving.output_names,
                           free_batch=batch_size is None)
     converters.write_onnx_int8(fp32, target, calibration, range_overrides,
                                matmuls_only=matmuls_only)
-  return target, "static_qdq_matmuls" if matmuls_only else "static_qdq"
+  return WrittenModel(target, "static_qdq_matmuls" if matmuls_only else "static_qdq", batch_size)
 
 
 def uses_layer_norm(model: nnx.Module) -> bool:
@@ -346,11 +357,6 @@ def uses_layer_norm(model: nnx.Module) -> bool:
   LiteRT; see `converters.TFLITE_MATMUL_OPS`.
   """
   return any(isinstance(module, nnx.LayerNorm) for _, module in nnx.iter_graph(model))
-
-
-def int8_batch_size(int8: bool, qat: bool) -> int | None:
-  """The static batch size of an export's graph; None when the batch dimension is free."""
-  return converters.INT8_BATCH_SIZE if int8 and not qat else None
 
 
 def export_info(card: ModelCard, task, fmt: str, model_file: pathlib.Path, *, int8: bool,
@@ -440,17 +446,15 @@ def export_from(source: ExportSource, fmt: str, out: str | os.PathLike, *, int8:
   # Converted next to OUT and moved in once made: a failed conversion leaves OUT as it was.
   with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as staging:
     with converter_step(fmt):
-      made, quantization = write_model(source.serving, fmt, pathlib.Path(staging),
-                                       calibration=calibration,
-                                       intermediates=source.intermediates,
-                                       range_overrides=_qat_ranges(source.model) if qat else None,
-                                       matmuls_only=int8 and not qat
-                                       and uses_layer_norm(source.model))
-    model_file = _replace_out(out, made)
+      written = write_model(source.serving, fmt, pathlib.Path(staging), calibration=calibration,
+                            intermediates=source.intermediates,
+                            range_overrides=_qat_ranges(source.model) if qat else None,
+                            matmuls_only=int8 and not qat and uses_layer_norm(source.model))
+    model_file = _replace_out(out, written.path)
   info = export_info(source.card, source.task, fmt, model_file, int8=int8,
-                     quantization=quantization, version=version, workdir=source.workdir,
-                     output_names=source.serving.output_names,
-                     batch_size=int8_batch_size(int8, qat))
+                     quantization=written.quantization, version=version,
+                     workdir=source.workdir, output_names=source.serving.output_names,
+                     batch_size=written.batch_size)
   write_text_atomically(out / EXPORT_JSON, json.dumps(info, indent=2))
   log.info("wrote %s in %.0f s; checking it against JAX on %d %s images", model_file,
            time.monotonic() - started, len(source.records), source.split)

@@ -42,6 +42,21 @@ TARGETS = (("saved_model", False), ("stablehlo", False), ("tflite", False), ("tf
            ("onnx", False), ("onnx", True))
 
 
+def target_name(fmt: str, int8: bool) -> str:
+  """'onnx' or 'onnx_int8': a target as `--targets` spells it."""
+  return f"{fmt}_int8" if int8 else fmt
+
+
+def parse_targets(names: Sequence[str]) -> tuple[tuple[str, bool], ...]:
+  """`TARGETS` entries from their names ('tflite', 'onnx_int8'); ConfigError names a wrong one."""
+  known = {target_name(*target): target for target in TARGETS}
+  unknown = [name for name in names if name not in known]
+  if unknown or not names:
+    raise config_lib.ConfigError(f"--targets={','.join(names)}: expected one or more of "
+                                 f"{', '.join(known)}")
+  return tuple(known[name] for name in names)
+
+
 def family(arch: str) -> str:
   """The family of a registered model name: 'resnet' for 'resnet50', 'vit' for 'vit_b16'."""
   for name in sorted(SMALLEST_VARIANTS, key=len, reverse=True):
@@ -95,7 +110,7 @@ def export_matrix(workdirs: Mapping[str, str | os.PathLike], out: str | os.PathL
                                  max_examples=max_examples)
       for fmt, int8 in targets:
         started, report, error = time.monotonic(), None, None
-        target = out / case / f"{fmt}{'_int8' if int8 else ''}"
+        target = out / case / target_name(fmt, int8)
         try:
           report = export_from(source, fmt, target, int8=int8,
                                calibration_examples=calibration_examples,
