@@ -1,6 +1,8 @@
-"""experiments.export_matrix's options: which exports (--targets) and the families' schedule."""
+"""experiments.export_matrix: --targets, --schedule, and int8 parity of a trained depthwise net."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -39,3 +41,20 @@ def test_cosine_applies_to_the_families_and_shipped_configs_keep_their_recipe(tm
   quickstart = config_lib.from_file(export_matrix.REPO / "configs/fashion_mnist.py")
   shipped = export_matrix.case_config("fashion_mnist", tmp_path, 30, 100, "cosine")
   assert shipped.optim.to_dict() == quickstart.optim.to_dict()
+
+
+@pytest.mark.slow
+def test_a_trained_depthwise_network_passes_int8_parity_in_both_runtimes(tmp_path):
+  # MobileNetV3-small, 1,000 steps (validation accuracy 0.81): 98.0% (TFLite) and 98.6% (ONNX)
+  # agreement on these 500 images when written. After 100 steps (0.70) it was 96.4% and 96.1%:
+  # its near-tie predictions flip under int8 rounding; the check's 97% is met once it is trained.
+  matrix = tmp_path / "matrix.json"
+  run_module("experiments.export_matrix", f"--out={tmp_path}", "--cases=mobilenet_v3_small",
+             "--steps=1000", "--schedule=cosine", "--targets=tflite_int8,onnx_int8",
+             "--max_examples=500", f"--json={matrix}", timeout=1200)
+  rows = json.loads(matrix.read_text())
+  assert [(row["format"], row["precision"]) for row in rows] == [("tflite", "int8"),
+                                                                  ("onnx", "int8")]
+  for row in rows:
+    assert row["passed"] and row["num_examples"] == 500, row
+    assert row["top1_agreement"] >= 0.97 and row["accuracy_jax"] > 0.75, row

@@ -189,7 +189,8 @@ def _write_tflite_here(saved_model: pathlib.Path, path: pathlib.Path,
   mixed = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
   if matmuls_only:
     # TFLite's selective quantization: every other builtin op type keeps its float kernel.
-    from tensorflow.lite.python import schema_py_generated  # pylint: disable=import-outside-toplevel
+    from tensorflow.lite.python import (  # pylint: disable=import-outside-toplevel
+        schema_py_generated)
     builtin_ops = {name for name in vars(schema_py_generated.BuiltinOperator)
                    if not name.startswith("_")}
     float_ops = sorted(builtin_ops - set(TFLITE_MATMUL_OPS))
