@@ -17,8 +17,9 @@ or, with --schedule=cosine, a cosine decay after a 0.05-epoch warm-up), into
 OUT/runs/CASE (kept: a second run only re-exports), then exported to --targets
 (default: SavedModel, StableHLO, TFLite and ONNX in fp32 and TFLite and ONNX in
 int8; OUT/exports/CASE/...), each checked for parity on --max_examples
-validation images, as `experiments.export` does. Prints the matrix as a Markdown table (the README's
-"Export" section holds one) and exits 1 when an export fails.
+validation images, as `experiments.export` does. Prints the matrix as a
+Markdown table (the README's "Export" section holds one) and exits 1 when an
+export fails.
 """
 
 import json

@@ -322,13 +322,11 @@ def write_model(serving, fmt: str, out: pathlib.Path, *, calibration: np.ndarray
     else:
       shutil.copytree(intermediates.saved_model(), target)
     return WrittenModel(target, "none", None)
-  if calibration is None:
-    batch_size = None
-  else:
-    # Calibrated int8 is converted from the static-batch graph (converters.INT8_BATCH_SIZE); a
-    # QAT model's learned ranges are placed on the free-batch graph's tensors
-    # (quant.onnx_range_overrides).
-    batch_size = None if range_overrides is not None else converters.INT8_BATCH_SIZE
+  # Calibrated int8 is converted from the static-batch graph (converters.INT8_BATCH_SIZE); a
+  # QAT model's learned ranges are placed on the free-batch graph's tensors
+  # (quant.onnx_range_overrides).
+  calibrated_int8 = calibration is not None and range_overrides is None
+  batch_size = converters.INT8_BATCH_SIZE if calibrated_int8 else None
   with tempfile.TemporaryDirectory() as tmp:
     made = intermediates or converters.Intermediates(serving, pathlib.Path(tmp))
     if fmt == "tflite":
@@ -336,7 +334,7 @@ def write_model(serving, fmt: str, out: pathlib.Path, *, calibration: np.ndarray
         shutil.copyfile(made.tflite(), target)
         return WrittenModel(target, "none", None)
       quantization = converters.write_tflite(made.saved_model(batch_size), target,
-                                             calibration=calibration, matmuls_only=matmuls_only)
+                                            calibration=calibration, matmuls_only=matmuls_only)
       return WrittenModel(target, quantization, batch_size)
     if calibration is None:
       converters.write_onnx(made.tflite(), target, serving.output_names)
