@@ -202,6 +202,6 @@ def test_a_full_integer_model_that_litert_cannot_run_falls_back_to_int8_matmuls(
   assert json.loads((tmp_path / "int8/export.json").read_text())["quantization"] == "matmuls_int8"
   interpreter = Interpreter(str(tmp_path / "int8/model.tflite"))
   tensors = interpreter.get_tensor_details()
-  int8_ops = {op["op_name"] for op in interpreter._get_ops_details()  # pylint: disable=protected-access
-              if tensors[op["outputs"][0]]["dtype"] == np.int8}
+  operations = interpreter._get_ops_details()  # pylint: disable=protected-access
+  int8_ops = {op["op_name"] for op in operations if tensors[op["outputs"][0]]["dtype"] == np.int8}
   assert int8_ops and int8_ops <= {*converters.TFLITE_MATMUL_OPS, "QUANTIZE"}, int8_ops

@@ -225,7 +225,7 @@ def _run_once(path: pathlib.Path, images: np.ndarray) -> None:
 
 def _name_tensors(model, renames: dict[str, str], output_names: tuple[str, ...],
                   free_batch: bool) -> None:
-  """Our tensor names, outputs in `output_names` order, and a free batch dimension called `batch`."""
+  """Our tensor names, outputs in `output_names` order; a free batch dimension named `batch`."""
   graph = model.graph
   for value in list(graph.input) + list(graph.output) + list(graph.value_info):
     value.name = renames.get(value.name, value.name)

@@ -85,7 +85,7 @@ def _saved_model(path: pathlib.Path, threads: int | None,
 
 
 class _TFLite:
-  """LiteRT's interpreter, resized when the batch size changes (when the batch dimension is free)."""
+  """LiteRT's interpreter, resized when the batch size changes (a free batch dimension)."""
 
   def __init__(self, path: pathlib.Path, threads: int | None, output_names: tuple[str, ...]):
     from ai_edge_litert.interpreter import Interpreter  # pylint: disable=import-outside-toplevel
